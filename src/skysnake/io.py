@@ -87,6 +87,20 @@ def _meta_to_header(meta, header):
             header[key] = value
 
 
+def add_provenance(header, provenance):
+    """Record provenance in a FITS header: PROVVER, PROVCFG and one PRVINnnn card per input file."""
+    header["PROVVER"] = (str(provenance.get("version", "")), "skysnake version (git commit)")
+    header["PROVCFG"] = (str(provenance.get("config_hash", "")), "hash of the config")
+    for i, p in enumerate(provenance.get("inputs", [])):
+        header[f"PRVIN{i:03d}"] = str(p)
+
+
+def read_provenance(header):
+    """Provenance record from a FITS header written by :func:`add_provenance`."""
+    inputs = [header[k] for k in header if k.startswith("PRVIN")]
+    return {"version": header.get("PROVVER"), "config_hash": header.get("PROVCFG"), "inputs": inputs}
+
+
 def write_exposure(path, exp: Exposure, *, provenance: dict | None = None):
     """Write an :class:`Exposure` atomically to ``path`` (multi-extension FITS)."""
     primary = fits.PrimaryHDU()
@@ -98,7 +112,7 @@ def write_exposure(path, exp: Exposure, *, provenance: dict | None = None):
     for key, value, comment in masks.header_cards():
         hdr[key] = (value, comment)
     if provenance:
-        _meta_to_header({f"PROV_{k}": v for k, v in provenance.items()}, hdr)
+        add_provenance(hdr, provenance)
     wcs_header = exp.wcs.to_header(relax=True) if exp.wcs is not None else fits.Header()
     if exp.wcs is not None and exp.wcs.sip is not None:
         # astropy drops the -SIP suffix from CTYPE in to_header unless relax; make it explicit
@@ -144,7 +158,7 @@ def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE")) -> Exposure:
                     meta=meta, x0=int(meta.get("X0", 0)), y0=int(meta.get("Y0", 0)), extra=extra)
 
 
-def write_table(path, table, *, meta: dict | None = None):
+def write_table(path, table, *, meta: dict | None = None, provenance: dict | None = None):
     """Write an astropy Table or pandas DataFrame atomically as parquet.
 
     ``meta`` (JSON-serialisable) is stored in the parquet schema metadata.
@@ -159,6 +173,8 @@ def write_table(path, table, *, meta: dict | None = None):
     md = dict(at.schema.metadata or {})
     md.pop(b"pandas", None)
     md[b"skysnake"] = json.dumps(meta or {}, default=_json_default).encode()
+    if provenance:
+        md[b"skysnake_provenance"] = json.dumps(provenance, default=_json_default).encode()
     at = at.replace_schema_metadata(md)
     tmp = _atomic_path(path)
     try:
@@ -180,6 +196,7 @@ def read_table(path, *, columns=None):
     df = at.to_pandas()
     md = at.schema.metadata or {}
     df.attrs["meta"] = json.loads(md.get(b"skysnake", b"{}"))
+    df.attrs["provenance"] = json.loads(md.get(b"skysnake_provenance", b"{}"))
     return df
 
 
@@ -209,3 +226,14 @@ def write_json(path, obj):
 def read_json(path):
     with open(path) as fh:
         return json.load(fh)
+
+
+def write_hdulist(path, hdul):
+    """Write an astropy HDUList atomically."""
+    tmp = _atomic_path(path)
+    try:
+        hdul.writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,28 @@
+# Per-CCD calibration: masks, variance, background, detection and measurement
+# with sep, astrometric fit (TAN-SIP) and photometric zeropoint against the refcat.
+# A CCD whose data cannot be calibrated is recorded as failed (summary status
+# "failed" with the reason) and the run goes on without it.
+
+
+rule calibrate:
+    """Calibrated exposure (nJy, mask, variance, fitted WCS), source table and summary of one CCD."""
+    input:
+        raw=raw_of_ccd,
+        refcat=refcat_of_ccd,
+    output:
+        calexp=CALEXP,
+        sources=SOURCES,
+        summary=SUMMARY,
+    params:
+        calibrate=config["calibrate"],
+        instrument=config["instrument"],
+        raw=raw_info,
+    log:
+        log_path("calibrate", "{visit}-{ccd}"),
+    benchmark:
+        bench_path("calibrate", "{visit}-{ccd}")
+    resources:
+        mem_mb=mem_mb(1500),
+        runtime=10,
+    script:
+        "../scripts/calibrate.py"

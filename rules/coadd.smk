@@ -1,0 +1,22 @@
+# Coadds: the warps of one filter on one patch, combined as a weighted mean with
+# outlier rejection, with variance, mask and a count map.
+
+
+rule coadd:
+    """Coadd of one filter on one patch."""
+    input:
+        warps=warps_of_coadd,
+    output:
+        COADD,
+    params:
+        geometry=patch_geometry,
+        coadd=config["coadd"],
+    log:
+        log_path("coadd", "{tract}-{patch}-{filter}"),
+    benchmark:
+        bench_path("coadd", "{tract}-{patch}-{filter}")
+    resources:
+        mem_mb=mem_mb(3000),
+        runtime=20,
+    script:
+        "../scripts/coadd.py"

@@ -1,0 +1,136 @@
+# Shared definitions: output path patterns, wildcard constraints, the processing
+# plan (every data unit, known at parse time) and the input functions rules use.
+
+import json
+
+from skysnake import plan as _plan
+from skysnake.ingest import input_index
+
+R = config["results"]
+
+
+wildcard_constraints:
+    visit=r"\d+",
+    ccd=r"\d+",
+    tract=r"\d+",
+    patch=r"\d+,\d+",
+    filter=r"[A-Za-z0-9_]+",
+
+
+# --- file patterns, one per data unit ---------------------------------------------
+RAW_SIM = f"{R}/sim/raw/{{visit}}/raw-{{visit}}-{{ccd}}.fits"
+TRUTH_CCD = f"{R}/sim/truth/{{visit}}/truth-{{visit}}-{{ccd}}.json"
+INDEX = f"{R}/ingest/index.parquet"
+REFCAT = f"{R}/refcat/refcat-{{tract}}.parquet"
+CALEXP = f"{R}/calexp/{{visit}}/calexp-{{visit}}-{{ccd}}.fits"
+SOURCES = f"{R}/calexp/{{visit}}/sources-{{visit}}-{{ccd}}.parquet"
+SUMMARY = f"{R}/calexp/{{visit}}/summary-{{visit}}-{{ccd}}.json"
+REGISTRY = f"{R}/registry.sqlite"
+SKYMAP = f"{R}/skymap.json"
+WARP = f"{R}/warp/{{tract}}/{{patch}}/warp-{{tract}}-{{patch}}-{{visit}}.fits"
+COADD = f"{R}/coadd/{{tract}}/{{patch}}/coadd-{{tract}}-{{patch}}-{{filter}}.fits"
+DETECT = f"{R}/multiband/{{tract}}/{{patch}}/detect-{{tract}}-{{patch}}-{{filter}}.parquet"
+MERGED = f"{R}/multiband/{{tract}}/{{patch}}/merged-{{tract}}-{{patch}}.parquet"
+MEASURE = f"{R}/multiband/{{tract}}/{{patch}}/measure-{{tract}}-{{patch}}-{{filter}}.parquet"
+REFERENCE = f"{R}/multiband/{{tract}}/{{patch}}/reference-{{tract}}-{{patch}}.parquet"
+FORCED = f"{R}/multiband/{{tract}}/{{patch}}/forced-{{tract}}-{{patch}}-{{filter}}.parquet"
+OBJECTS = f"{R}/objects/objects-{{tract}}.parquet"
+
+
+def log_path(rule, ids=""):
+    return f"{R}/logs/{rule}/{ids or rule}.log"
+
+
+def bench_path(rule, ids=""):
+    return f"{R}/benchmarks/{rule}/{ids or rule}.tsv"
+
+
+# --- the plan: computed once per parse ----------------------------------------------
+PLAN = _plan.make_plan(
+    input_index(config, raw_sim_pattern=RAW_SIM.replace("{{", "{").replace("}}", "}")),
+    config["skymap"],
+    margin_arcsec=config["skymap"]["overlap_margin_arcsec"],
+)
+
+
+SIM_CCDS = sorted(PLAN.index["ccd"].unique().tolist()) if config["inputs"]["source"] == "sim" else []
+
+
+# --- input functions -------------------------------------------------------------------
+def raw_of_ccd(wc):
+    return PLAN.raw(wc.visit, wc.ccd)["raw"]
+
+
+def refcat_of_ccd(wc):
+    return REFCAT.format(tract=PLAN.refcat_tract[(int(wc.visit), int(wc.ccd))])
+
+
+def raw_info(wc):
+    row = PLAN.raw(wc.visit, wc.ccd)
+    return {"hdu": int(row["hdu"]), "visit": int(wc.visit), "ccd": int(wc.ccd), "filter": str(row["filter"]),
+            "mjd": float(row["mjd"]), "exptime": float(row["exptime"])}
+
+
+def all_summaries(wc=None):
+    return [SUMMARY.format(visit=v, ccd=c) for v, c in PLAN.index[["visit", "ccd"]].itertuples(index=False)]
+
+
+def calexps_of_warp(wc):
+    return [CALEXP.format(visit=wc.visit, ccd=c) for c in PLAN.ccds_of_warp(wc.tract, wc.patch, wc.visit)]
+
+
+def summaries_of_visit(wc):
+    return [SUMMARY.format(visit=wc.visit, ccd=c) for c in PLAN.ccds_of_visit(wc.visit)]
+
+
+def warps_of_coadd(wc):
+    return [
+        WARP.format(tract=wc.tract, patch=wc.patch, visit=v)
+        for v in PLAN.visits_of_patch(wc.tract, wc.patch, wc.filter)
+    ]
+
+
+def patch_geometry(wc):
+    t = PLAN.skymap[int(wc.tract)]
+    return {"tract": t.to_dict(), "patch": wc.patch}
+
+
+def per_filter(pattern):
+    """Input function: the pattern for every filter that covers the patch."""
+
+    def fn(wc):
+        return {
+            f: pattern.format(tract=wc.tract, patch=wc.patch, filter=f)
+            for f in PLAN.filters_of_patch(wc.tract, wc.patch)
+        }
+
+    return fn
+
+
+def forced_units(wc):
+    """(patch, filter) of every forced-photometry table of the tract, in input order."""
+    return [(p, f) for p in PLAN.patches(wc.tract) for f in PLAN.filters_of_patch(wc.tract, p)]
+
+
+def forced_of_tract(wc):
+    return [FORCED.format(tract=wc.tract, patch=p, filter=f) for p, f in forced_units(wc)]
+
+
+def references_of_tract(wc):
+    return [REFERENCE.format(tract=wc.tract, patch=p) for p in PLAN.patches(wc.tract)]
+
+
+def all_targets():
+    targets = [REGISTRY, SKYMAP, INDEX]
+    targets += [OBJECTS.format(tract=t) for t in PLAN.tracts]
+    return targets
+
+
+# --- resources ---------------------------------------------------------------------------
+def mem_mb(base):
+    """Memory request growing with the attempt, so a job killed for memory is retried with more."""
+
+    def fn(wc, attempt):
+        return int(base * (1 + 0.5 * (attempt - 1)))
+
+    return fn

@@ -1,0 +1,29 @@
+# The reference catalog of each tract, in skysnake's columns (ra, dec, pmra, pmdec,
+# epoch, {filter}_mag, {filter}_magerr), cut to the tract's footprint plus a margin.
+
+
+def refcat_source(wc):
+    src = config["refcat"]["source"]
+    if src == "sim":
+        return f"{R}/sim/refcat.parquet"
+    return config["refcat"]["path"]
+
+
+rule refcat:
+    """Reference stars for one tract, from the configured source."""
+    input:
+        source=refcat_source,
+    output:
+        REFCAT,
+    params:
+        refcat=config["refcat"],
+        tract=lambda wc: PLAN.skymap[int(wc.tract)].to_dict(),
+    log:
+        log_path("refcat", "{tract}"),
+    benchmark:
+        bench_path("refcat", "{tract}")
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=10,
+    script:
+        "../scripts/refcat.py"

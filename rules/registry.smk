@@ -1,0 +1,22 @@
+# The CCD registry (sqlite): one job gathers every CCD's summary, so per-CCD jobs
+# never write the database concurrently. It records status, reason, and whether
+# the quality cuts admit the CCD to warps and coadds.
+
+
+rule registry:
+    """sqlite table of all CCDs: footprints, seeing, zeropoints, astrometric rms, status, selection."""
+    input:
+        all_summaries,
+    output:
+        REGISTRY,
+    params:
+        quality=config["quality"],
+    log:
+        log_path("registry"),
+    benchmark:
+        bench_path("registry")
+    resources:
+        mem_mb=mem_mb(500),
+        runtime=5,
+    script:
+        "../scripts/registry.py"

@@ -1,0 +1,25 @@
+# Warps: one visit's calibrated CCDs resampled onto one patch's grid (Lanczos3,
+# flux-conserving, variance and mask propagated). The visit's quality cuts are
+# applied here, with the same function the registry uses.
+
+
+rule warp:
+    """The visit's selected CCDs resampled onto the patch's outer box."""
+    input:
+        calexps=calexps_of_warp,
+        summaries=summaries_of_visit,
+    output:
+        WARP,
+    params:
+        geometry=patch_geometry,
+        warp=config["warp"],
+        quality=config["quality"],
+    log:
+        log_path("warp", "{tract}-{patch}-{visit}"),
+    benchmark:
+        bench_path("warp", "{tract}-{patch}-{visit}")
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=15,
+    script:
+        "../scripts/warp.py"

@@ -1,0 +1,53 @@
+"""Calibrate one CCD: masks, variance, background, sources, WCS and zeropoint.
+
+Inputs: ``raw`` (the raw CCD file), ``refcat`` (the tract's reference catalog).
+Outputs: ``calexp`` (FITS: IMAGE in nJy, MASK, VARIANCE, fitted TAN-SIP WCS),
+``sources`` (parquet), ``summary`` (JSON sidecar gathered by the registry).
+Config: ``calibrate.*`` (detection, matching, fitting options), ``instrument.*``.
+
+A data problem (unreadable file, no WCS, blank image, too few reference stars)
+does not fail the job: the CCD is written as failed (empty calexp, empty source
+table, summary with status "failed" and the reason) and the run goes on.
+"""
+
+import pandas as pd
+
+from skysnake import calibrate
+from skysnake.adapter import provenance, setup_logging, timed
+from skysnake.errors import DataError
+from skysnake.instruments import read_raw
+from skysnake.io import Exposure, read_table, write_exposure, write_json, write_table
+
+sm = snakemake  # noqa: F821
+log = setup_logging(sm.log[0])
+ids = {"visit": int(sm.wildcards.visit), "ccd": int(sm.wildcards.ccd)}
+paths = {"raw_path": sm.input.raw, "calexp_path": sm.output.calexp, "log_path": sm.log[0]}
+prov = provenance(config={"calibrate": sm.params.calibrate, "instrument": sm.params.instrument},
+                  inputs=[sm.input.raw, sm.input.refcat])
+meta = {}
+try:
+    with timed(log, "read raw"):
+        raw = read_raw(sm.input.raw, instrument=sm.params.instrument, hdu=sm.params.raw["hdu"])
+        meta = raw.meta
+        refcat = read_table(sm.input.refcat)
+    with timed(log, "calibrate"):
+        result = calibrate.calibrate_ccd(
+            raw.image, header_wcs=raw.wcs, refcat=refcat, filter=meta["filter"], mjd=meta["mjd"],
+            exptime=meta["exptime"], gain=meta["gain"], read_noise=meta["read_noise"],
+            saturation=meta["saturation"], bpm=raw.bpm, config=sm.params.calibrate)
+    result.exposure.meta.update({"VISIT": ids["visit"], "CCD": ids["ccd"]})
+    with timed(log, "write"):
+        write_exposure(sm.output.calexp, result.exposure, provenance=prov)
+        write_table(sm.output.sources, result.sources, meta=ids, provenance=prov)
+    summary = {**result.summary, **ids, **paths}
+    log.info("calibrated: seeing %.2f\", zp %.3f, astrometric rms %.3f\" from %d stars",
+             summary["seeing_arcsec"], summary["zeropoint"], summary["astrom_rms_arcsec"], summary["n_astrom"])
+except DataError as err:
+    log.error("visit %d ccd %d failed: %s", ids["visit"], ids["ccd"], err)
+    summary = {**calibrate.failure_summary(err, **ids), **paths}
+    write_exposure(sm.output.calexp, Exposure(None, None, None, None, meta={**ids, "STATUS": "failed"}),
+                   provenance=prov)
+    write_table(sm.output.sources, pd.DataFrame(columns=calibrate.SOURCE_COLUMNS), meta=ids, provenance=prov)
+for k in ("filter", "mjd", "exptime"):  # header values, else the plan's
+    summary[k] = meta.get(k, sm.params.raw[k])
+write_json(sm.output.summary, summary)

@@ -1,0 +1,25 @@
+"""Coadd the warps of one filter on one patch.
+
+Inputs: ``warps`` (every visit of the filter that touches the patch; empty warps are skipped).
+Outputs: the coadd (FITS: IMAGE nJy, MASK, VARIANCE, NIMAGE count map) on the patch's outer grid.
+Config: ``coadd.*`` (reject_sigma).
+"""
+
+from skysnake import coadd
+from skysnake.adapter import provenance, setup_logging, timed
+from skysnake.io import read_exposure, write_exposure
+from skysnake.skymap import Tract
+
+sm = snakemake  # noqa: F821
+log = setup_logging(sm.log[0])
+geo = sm.params.geometry
+tract = Tract(**geo["tract"])
+patch = geo["patch"]
+warps = [read_exposure(p) for p in sm.input.warps]
+with timed(log, f"coadd {len(warps)} warps"):
+    result = coadd.coadd_warps(warps, shape=tract.patch_shape(patch), wcs=tract.patch_wcs(patch),
+                               reject_sigma=sm.params.coadd["reject_sigma"])
+result.meta.update({"FILTER": sm.wildcards.filter, "TRACT": tract.id, "PATCH": patch})
+write_exposure(sm.output[0], result, provenance=provenance(config=sm.params.coadd, inputs=list(sm.input.warps)))
+log.info("coadd %s tract %d patch %s from %s warps", sm.wildcards.filter, tract.id, patch,
+         result.meta.get("NINPUT"))

@@ -1,0 +1,74 @@
+"""Helpers for the thin script adapters (scripts/*.py): logging and provenance.
+
+Nothing here knows about Snakemake; scripts pass plain paths and dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from . import __version__
+
+
+def setup_logging(logfile, *, name="skysnake"):
+    """Log to ``logfile`` (and stderr) with timestamps; Python warnings go to the log too."""
+    Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    fh = logging.FileHandler(logfile, mode="w")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    root.addHandler(fh)
+    root.addHandler(sh)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    return logging.getLogger(name)
+
+
+@contextmanager
+def timed(log, what):
+    """Log how long a step took."""
+    t0 = time.perf_counter()
+    yield
+    log.info("%s: %.3f s", what, time.perf_counter() - t0)
+
+
+@lru_cache(maxsize=1)
+def code_version():
+    """skysnake's version, with the git commit of the source tree when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def config_hash(cfg):
+    """Short stable hash of a config (or config block)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def provenance(*, config, inputs=()):
+    """Provenance record for an output: code version, config hash, input files."""
+    return {
+        "version": code_version(),
+        "config_hash": config_hash(config),
+        "inputs": [str(p) for p in inputs],
+    }

@@ -1,0 +1,90 @@
+"""The CCD registry: one sqlite table of every CCD, its calibration and status.
+
+Built in one job from the per-CCD summary sidecars, so per-CCD jobs never write
+the database concurrently. Columns follow the summaries; ``status`` is ``ok``,
+``failed`` (calibration could not be done; ``reason`` says why) and
+``selected`` says whether the quality cuts let the CCD into warps and coadds
+(``reject_reason`` says why not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from .quality import select_ccds
+
+COLUMNS = [
+    ("visit", "INTEGER NOT NULL"),
+    ("ccd", "INTEGER NOT NULL"),
+    ("filter", "TEXT"),
+    ("mjd", "REAL"),
+    ("exptime", "REAL"),
+    ("status", "TEXT NOT NULL"),
+    ("code", "TEXT"),
+    ("reason", "TEXT"),
+    ("selected", "INTEGER NOT NULL"),
+    ("reject_reason", "TEXT"),
+    ("seeing_arcsec", "REAL"),
+    ("zeropoint", "REAL"),
+    ("zeropoint_err", "REAL"),
+    ("astrom_rms_arcsec", "REAL"),
+    ("n_astrom", "INTEGER"),
+    ("n_phot", "INTEGER"),
+    ("sky_adu", "REAL"),
+    ("n_sources", "INTEGER"),
+    ("center_ra", "REAL"),
+    ("center_dec", "REAL"),
+    ("corners", "TEXT"),  # JSON [[ra, dec] x 4] from the fitted WCS
+    ("raw_path", "TEXT"),
+    ("calexp_path", "TEXT"),
+    ("log_path", "TEXT"),
+]
+
+
+def rows_from_summaries(summaries, *, cuts=None):
+    """Registry rows (dicts) from summaries, with the quality-cut decision of each CCD."""
+    decisions = select_ccds(summaries, cuts=cuts)
+    rows = []
+    for s, d in zip(summaries, decisions):
+        row = {name: s.get(name) for name, _ in COLUMNS}
+        row["selected"] = int(d["selected"])
+        row["reject_reason"] = d["reason"] or None
+        if row["corners"] is not None and not isinstance(row["corners"], str):
+            row["corners"] = json.dumps(row["corners"])
+        rows.append(row)
+    rows.sort(key=lambda r: (r["visit"], r["ccd"]))
+    return rows
+
+
+def write_registry(path, rows):
+    """Write the registry atomically (a new database replaces the old one whole)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    con = sqlite3.connect(tmp)
+    try:
+        cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
+        con.execute(f"CREATE TABLE ccd ({cols}, PRIMARY KEY (visit, ccd))")
+        names = [n for n, _ in COLUMNS]
+        con.executemany(f"INSERT INTO ccd ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        [[r.get(n) for n in names] for r in rows])
+        con.commit()
+    finally:
+        con.close()
+    os.replace(tmp, path)
+
+
+def read_registry(path):
+    """The ``ccd`` table as a pandas DataFrame."""
+    import pandas as pd
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return pd.read_sql_query("SELECT * FROM ccd ORDER BY visit, ccd", con)
+    finally:
+        con.close()
