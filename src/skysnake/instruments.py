@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from .errors import DataError
+from .io import truncation_is_an_error
 
 #: Defaults of the ``instrument`` config block (the generic camera).
 DEFAULTS = {
@@ -99,7 +100,7 @@ def read_raw(path, *, instrument, hdu=None):
     inst = merged_instrument(instrument)
     hdu = inst["image_hdu"] if hdu is None else hdu
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with truncation_is_an_error(), fits.open(path, memmap=False) as hdul:
             h = hdul[hdu]
             header = h.header
             data = h.data

@@ -24,11 +24,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from . import masks
@@ -134,13 +137,24 @@ def write_exposure(path, exp: Exposure, *, provenance: dict | None = None):
             os.remove(tmp)
 
 
+@contextmanager
+def truncation_is_an_error():
+    """Turn astropy's "File may have been truncated" warning into an OSError (a partial file is not data)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*truncated.*", category=AstropyUserWarning)
+        try:
+            yield
+        except AstropyUserWarning as w:
+            raise OSError(str(w)) from None
+
+
 def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE")) -> Exposure:
     """Read an exposure written by :func:`write_exposure`.
 
     Raises :class:`DataError` naming the file if it is unreadable.
     """
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with truncation_is_an_error(), fits.open(path, memmap=False) as hdul:
             meta = dict(hdul[0].header)
             data = {}
             for name in planes:

@@ -31,4 +31,4 @@ UNUSABLE = BAD | SAT | CR | NO_DATA
 
 def header_cards():
     """FITS header cards that document the mask bits (``MP_<NAME> = bit``)."""
-    return [(f"MP_{name}", bit.bit_length() - 1, f"mask bit for {name}") for name, bit in PLANES.items()]
+    return [(f"HIERARCH MP_{name}", bit.bit_length() - 1, f"mask bit for {name}") for name, bit in PLANES.items()]
