@@ -181,7 +181,9 @@ def write_table(path, table, *, meta: dict | None = None, provenance: dict | Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if hasattr(table, "to_pandas") and not hasattr(table, "iloc"):
+    from astropy.table import Table
+
+    if isinstance(table, Table):
         table = table.to_pandas()  # astropy Table -> pandas, preserves dtypes
     at = pa.Table.from_pandas(table, preserve_index=False)
     md = dict(at.schema.metadata or {})

@@ -97,11 +97,13 @@ def parse_patch(patch):
     return x, y
 
 
-def make_tract(*, id, ra, dec, size_deg, pixel_scale=0.2, patch_inner=2000, patch_border=100):
-    """A tract centred on (ra, dec) covering at least ``size_deg`` x ``size_deg``."""
-    n = max(1, math.ceil(size_deg * 3600.0 / pixel_scale / patch_inner))
+def make_tract(*, id, ra, dec, size_deg, pixel_scale=0.2, patch_inner=2000, patch_border=100, size_y_deg=None):
+    """A tract centred on (ra, dec) covering at least ``size_deg`` (x) by ``size_y_deg`` (y, default the same)."""
+    size_y_deg = size_deg if size_y_deg is None else size_y_deg
+    nx = max(1, math.ceil(size_deg * 3600.0 / pixel_scale / patch_inner))
+    ny = max(1, math.ceil(size_y_deg * 3600.0 / pixel_scale / patch_inner))
     return Tract(id=int(id), ra=float(ra), dec=float(dec), pixel_scale=float(pixel_scale),
-                 patch_inner=int(patch_inner), patch_border=int(patch_border), npatch_x=n, npatch_y=n)
+                 patch_inner=int(patch_inner), patch_border=int(patch_border), npatch_x=nx, npatch_y=ny)
 
 
 def tract_for_footprint(ra, dec, *, id=0, pixel_scale=0.2, patch_inner=2000, patch_border=100, margin_arcmin=1.0):
@@ -117,8 +119,13 @@ def tract_for_footprint(ra, dec, *, id=0, pixel_scale=0.2, patch_inner=2000, pat
                        patch_inner=patch_inner, patch_border=patch_border)
     x, y = probe.wcs().all_world2pix(ra, dec, 0)
     cx, cy = probe.wcs().wcs.crpix - 1
-    half = max(np.max(np.abs(x - cx)), np.max(np.abs(y - cy))) * pixel_scale / 3600.0
-    return make_tract(id=id, ra=ra0, dec=dec0, size_deg=2 * half + 2 * margin_arcmin / 60.0,
+    # centre the tract on the middle of the footprint's bounding box in the projection
+    xm, ym = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2
+    ra0, dec0 = (float(v[0]) for v in probe.wcs().all_pix2world([xm], [ym], 0))
+    scale = pixel_scale / 3600.0
+    margin = 2 * margin_arcmin / 60.0
+    return make_tract(id=id, ra=ra0 % 360.0, dec=dec0, size_deg=(x.max() - x.min()) * scale + margin,
+                      size_y_deg=(y.max() - y.min()) * scale + margin,
                       pixel_scale=pixel_scale, patch_inner=patch_inner, patch_border=patch_border)
 
 
