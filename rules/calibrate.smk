@@ -17,6 +17,8 @@ rule calibrate:
         calibrate=config["calibrate"],
         instrument=config["instrument"],
         raw=raw_info,
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("calibrate", "{visit}-{ccd}"),
     benchmark:

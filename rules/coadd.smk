@@ -11,6 +11,8 @@ rule coadd:
     params:
         geometry=patch_geometry,
         coadd=config["coadd"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("coadd", "{tract}-{patch}-{filter}"),
     benchmark:

@@ -71,6 +71,12 @@ def raw_info(wc):
             "mjd": float(row["mjd"]), "exptime": float(row["exptime"])}
 
 
+def refcat_source(wc):
+    if config["refcat"]["source"] == "sim":
+        return f"{R}/sim/refcat.parquet"
+    return config["refcat"]["path"]
+
+
 def all_summaries(wc=None):
     return [SUMMARY.format(visit=v, ccd=c) for v, c in PLAN.index[["visit", "ccd"]].itertuples(index=False)]
 

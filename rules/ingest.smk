@@ -11,6 +11,8 @@ rule ingest:
     params:
         index=PLAN.index.to_dict(orient="list"),
         instrument=config["instrument"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("ingest"),
     benchmark:

@@ -12,6 +12,8 @@ rule detect:
         DETECT,
     params:
         multiband=config["multiband"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("detect", "{tract}-{patch}-{filter}"),
     benchmark:
@@ -33,6 +35,8 @@ rule merge_detections:
     params:
         filters=lambda wc: list(per_filter(DETECT)(wc)),
         multiband=config["multiband"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("merge_detections", "{tract}-{patch}"),
     benchmark:
@@ -53,6 +57,8 @@ rule measure:
         MEASURE,
     params:
         multiband=config["multiband"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("measure", "{tract}-{patch}-{filter}"),
     benchmark:
@@ -73,6 +79,8 @@ rule select_reference:
     params:
         filters=lambda wc: list(per_filter(MEASURE)(wc)),
         multiband=config["multiband"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("select_reference", "{tract}-{patch}"),
     benchmark:
@@ -93,6 +101,8 @@ rule forced_photometry:
         FORCED,
     params:
         multiband=config["multiband"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("forced_photometry", "{tract}-{patch}-{filter}"),
     benchmark:
@@ -117,6 +127,8 @@ rule object_catalog:
         patches=lambda wc: PLAN.patches(wc.tract),
         filters=PLAN.filters,
         multiband=config["multiband"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("object_catalog", "{tract}"),
     benchmark:

@@ -2,13 +2,6 @@
 # epoch, {filter}_mag, {filter}_magerr), cut to the tract's footprint plus a margin.
 
 
-def refcat_source(wc):
-    src = config["refcat"]["source"]
-    if src == "sim":
-        return f"{R}/sim/refcat.parquet"
-    return config["refcat"]["path"]
-
-
 rule refcat:
     """Reference stars for one tract, from the configured source."""
     input:
@@ -18,6 +11,8 @@ rule refcat:
     params:
         refcat=config["refcat"],
         tract=lambda wc: PLAN.skymap[int(wc.tract)].to_dict(),
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("refcat", "{tract}"),
     benchmark:

@@ -11,6 +11,8 @@ rule registry:
         REGISTRY,
     params:
         quality=config["quality"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("registry"),
     benchmark:

@@ -9,6 +9,8 @@ rule simulate_sky:
         refcat=f"{R}/sim/refcat.parquet",
     params:
         sim=config["sim"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("simulate_sky"),
     benchmark:
@@ -30,6 +32,8 @@ rule simulate_visit:
     params:
         sim=config["sim"],
         ccds=SIM_CCDS,
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("simulate_visit", "{visit}"),
     benchmark:

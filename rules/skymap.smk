@@ -9,6 +9,8 @@ rule skymap:
     params:
         skymap=PLAN.skymap.to_dict(),
         overlaps=PLAN.overlaps.to_dict(orient="list"),
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("skymap"),
     benchmark:

@@ -14,6 +14,8 @@ rule warp:
         geometry=patch_geometry,
         warp=config["warp"],
         quality=config["quality"],
+    conda:
+        "../envs/skysnake.yaml"
     log:
         log_path("warp", "{tract}-{patch}-{visit}"),
     benchmark:
