@@ -6,7 +6,7 @@ Config: ``coadd.*`` (reject_sigma).
 """
 
 from skysnake import coadd
-from skysnake.adapter import provenance, setup_logging, timed
+from skysnake.adapter import provenance, set_threads, setup_logging, timed
 from skysnake.io import read_exposure, write_exposure
 from skysnake.skymap import Tract
 
@@ -15,7 +15,8 @@ log = setup_logging(sm.log[0])
 geo = sm.params.geometry
 tract = Tract(**geo["tract"])
 patch = geo["patch"]
-warps = [read_exposure(p) for p in sm.input.warps]
+set_threads(sm.threads)
+warps = [read_exposure(p, memmap=True) for p in sm.input.warps]  # read block by block by the coadd
 with timed(log, f"coadd {len(warps)} warps"):
     result = coadd.coadd_warps(warps, shape=tract.patch_shape(patch), wcs=tract.patch_wcs(patch),
                                reject_sigma=sm.params.coadd["reject_sigma"])

@@ -10,12 +10,13 @@ Config: ``warp.*`` (kernel, grid_step), ``quality.*`` (cuts).
 from pathlib import Path
 
 from skysnake import quality, warp
-from skysnake.adapter import provenance, setup_logging, timed
+from skysnake.adapter import provenance, set_threads, setup_logging, timed
 from skysnake.io import Exposure, read_exposure, read_json, write_exposure
 from skysnake.skymap import Tract
 
 sm = snakemake  # noqa: F821
 log = setup_logging(sm.log[0])
+set_threads(sm.threads)
 geo = sm.params.geometry
 tract = Tract(**geo["tract"])
 patch = geo["patch"]

@@ -38,6 +38,13 @@ def setup_logging(logfile, *, name="skysnake"):
     return logging.getLogger(name)
 
 
+def set_threads(n):
+    """Let compiled kernels (numba) use exactly the job's ``threads``, no more."""
+    import numba
+
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
 @contextmanager
 def timed(log, what):
     """Log how long a step took."""

@@ -148,19 +148,23 @@ def truncation_is_an_error():
             raise OSError(str(w)) from None
 
 
-def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE")) -> Exposure:
+def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memmap=False) -> Exposure:
     """Read an exposure written by :func:`write_exposure`.
 
+    With ``memmap=True`` the planes stay memory-mapped (big-endian, as stored):
+    a consumer that reads them block by block (the coadd) never holds them whole.
     Raises :class:`DataError` naming the file if it is unreadable.
     """
     try:
-        with truncation_is_an_error(), fits.open(path, memmap=False) as hdul:
+        with truncation_is_an_error(), fits.open(path, memmap=memmap) as hdul:
             meta = dict(hdul[0].header)
             data = {}
             for name in planes:
                 if name in hdul:
                     arr = hdul[name].data
-                    data[name] = None if arr is None else np.asarray(arr, dtype=arr.dtype.newbyteorder("="))
+                    if arr is not None and not memmap:
+                        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("="))
+                    data[name] = arr
             wcs = None
             if "IMAGE" in hdul and hdul["IMAGE"].header.get("CTYPE1"):
                 wcs = WCS(hdul["IMAGE"].header, relax=True)
