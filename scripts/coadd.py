@@ -1,11 +1,15 @@
 """Coadd the warps of one filter on one patch.
 
 Inputs: ``warps`` (every visit of the filter that touches the patch; empty warps are skipped).
-Outputs: the coadd (FITS: IMAGE nJy, MASK, VARIANCE, NIMAGE count map) on the patch's outer grid.
+Outputs: the coadd (FITS: IMAGE nJy, MASK, VARIANCE, NIMAGE count map) on the patch's outer grid,
+with the residual background (large mesh, sources masked) subtracted once here, so that the
+detection, measurement and forced-photometry jobs all see the same pixels (header BKGSUB = T).
 Config: ``coadd.*`` (reject_sigma).
 """
 
-from skysnake import coadd
+import numpy as np
+
+from skysnake import coadd, multiband
 from skysnake.adapter import provenance, set_threads, setup_logging, timed
 from skysnake.io import read_exposure, write_exposure
 from skysnake.skymap import Tract
@@ -20,7 +24,14 @@ warps = [read_exposure(p, memmap=True) for p in sm.input.warps]  # read block by
 with timed(log, f"coadd {len(warps)} warps"):
     result = coadd.coadd_warps(warps, shape=tract.patch_shape(patch), wcs=tract.patch_wcs(patch),
                                reject_sigma=sm.params.coadd["reject_sigma"])
-result.meta.update({"FILTER": sm.wildcards.filter, "TRACT": tract.id, "PATCH": patch})
+if result.meta.get("NINPUT"):
+    with timed(log, "residual background"):
+        bkg = multiband.estimate_background(result)
+        result.image -= np.asarray(bkg, dtype=np.float32)
+        nodata = result.variance <= 0
+        result.image[nodata] = 0.0
+    log.info("residual background: median %.4g nJy/px", float(np.median(bkg)))
+result.meta.update({"FILTER": sm.wildcards.filter, "TRACT": tract.id, "PATCH": patch, "BKGSUB": True})
 write_exposure(sm.output[0], result, provenance=provenance(config=sm.params.coadd, inputs=list(sm.input.warps)))
 log.info("coadd %s tract %d patch %s from %s warps", sm.wildcards.filter, tract.id, patch,
          result.meta.get("NINPUT"))

@@ -12,7 +12,9 @@ sm = snakemake  # noqa: F821
 log = setup_logging(sm.log[0])
 cfg = sm.params.multiband
 coadd = read_exposure(sm.input.coadd)
-det = multiband.detect(coadd, thresh=cfg["detect_thresh"], minarea=cfg["minarea"])
+background = 0.0 if coadd.meta.get("BKGSUB") else None  # the coadd job subtracted it
+det = multiband.detect(coadd, thresh=cfg["detect_thresh"], minarea=cfg["minarea"],
+                       background=background)
 write_table(sm.output[0], det, meta={"filter": sm.wildcards.filter},
             provenance=provenance(config=cfg, inputs=[sm.input.coadd]))
 log.info("%d detections", len(det))

@@ -12,10 +12,11 @@ sm = snakemake  # noqa: F821
 log = setup_logging(sm.log[0])
 cfg = sm.params.multiband
 coadd = read_exposure(sm.input.coadd)
+background = 0.0 if coadd.meta.get("BKGSUB") else None  # the coadd job subtracted it
 merged = read_table(sm.input.merged)
 meas = multiband.measure(coadd, merged, filter=sm.wildcards.filter,
                          aperture_radii_arcsec=tuple(cfg["aperture_radii_arcsec"]),
-                         psf_aperture_arcsec=cfg["psf_aperture_arcsec"])
+                         psf_aperture_arcsec=cfg["psf_aperture_arcsec"], background=background)
 write_table(sm.output[0], meas, meta={"filter": sm.wildcards.filter, **{k: v for k, v in meas.attrs.items()
                                                                          if isinstance(v, (int, float, str))}},
             provenance=provenance(config=cfg, inputs=[sm.input.coadd, sm.input.merged]))
