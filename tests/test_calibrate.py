@@ -82,6 +82,13 @@ def test_simulated_ccd_against_truth(survey, visit, ccd, tmp_path):
     alpha = fwhm_px / (2 * np.sqrt(2 ** (1 / beta) - 1))
     apcorr_true = 1 / (1 - (1 + (2.0 / 0.2 / alpha) ** 2) ** (1 - beta))
     assert abs(s["apcorr"] / apcorr_true - 1) < 0.005
+    # the zeropoint stars' aperture (phot_aper_fwhm = 2 FWHM) and its correction against the Moffat truth; the
+    # quoted zeropoint error is honest
+    assert s["phot_aper_px"] == pytest.approx(2.0 * s["psf_fwhm_px"])
+    phot_apcorr_true = 1 / (1 - (1 + (s["phot_aper_px"] / alpha) ** 2) ** (1 - beta))
+    assert abs(s["phot_apcorr"] / phot_apcorr_true - 1) < 0.003, (s["phot_apcorr"], phot_apcorr_true)
+    assert s["apcorr_method"] in ("combined", "empirical") and s["phot_apcorr_method"] in ("combined", "empirical")
+    assert abs(dzp) < 3 * s["zeropoint_err"], (dzp, s["zeropoint_err"])
 
     # summary: JSON-able, corners from the fitted WCS
     json.dumps(s)
@@ -146,6 +153,15 @@ def test_colour_terms_and_config(survey):
         _calibrate(survey, visit, ccd, config={"no_such_option": 1})
     with pytest.raises(ConfigError):
         _calibrate(survey, visit, ccd, config={"cr_method": "magic"})
+    for bad in (0.0, 4.0):  # the zeropoint aperture must lie inside the "total" aperture (3 FWHM)
+        with pytest.raises(ConfigError):
+            _calibrate(survey, visit, ccd, config={"phot_aper_fwhm": bad})
+    # the other photometry paths: local annulus sky for the zeropoint stars, aperture corrections from the
+    # PSF model alone (too few PSF stars to measure them)
+    alt, _ = _calibrate(survey, visit, ccd, config={"phot_local_sky": True, "apcorr_min_stars": 10000})
+    s = alt.summary
+    assert s["apcorr_method"] == s["phot_apcorr_method"] == "psf_model"
+    assert abs(s["zeropoint"] - tr["zp"]) < 0.01 and abs(s["zeropoint"] - tr["zp"]) < 3 * s["zeropoint_err"]
 
 
 def test_lacosmic_option(survey):

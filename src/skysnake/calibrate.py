@@ -15,11 +15,15 @@ Steps (timed in ``summary["timing"]``):
    ``cosmic_rays``: :func:`skysnake.ccdproc.find_cosmic_rays` (or astroscrappy with
    ``cr_method="lacosmic"``).
 3. ``detect`` / ``measure``: sep on the background-subtracted image.
-4. ``psf``: FWHM from a joint Moffat fit to bright isolated stars; aperture correction from the
-   calibration aperture to a "total" aperture of ``apcorr_total_fwhm`` FWHM.
+4. ``psf``: FWHM from a joint Moffat fit to bright isolated stars; aperture corrections (to total
+   flux) of the calibration aperture and of the zeropoint aperture: the Moffat model's, averaged
+   with the one measured on the PSF stars out to ``apcorr_total_fwhm`` FWHM
+   (:func:`skysnake.photocal.combine_aperture_correction`).
 5. ``astrometry``: proper motions to the epoch, offset voting, matching with decreasing radius,
    TAN-SIP fit (:mod:`skysnake.astrometry`).
-6. ``photometry``: zeropoint from matched stars (:mod:`skysnake.photocal`).
+6. ``photometry``: zeropoint from matched stars measured in an aperture of ``phot_aper_fwhm``
+   FWHM, aperture-corrected (:mod:`skysnake.photocal`); its error includes the aperture
+   correction's.
 7. ``output``: nJy image/variance, catalog with sky coordinates.
 """
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from . import astrometry, ccdproc, detection, masks, photocal, units
 from .errors import ConfigError, DataError
@@ -65,7 +70,10 @@ DEFAULTS = {
     "psf_max_peak_frac": 0.8,        # PSF stars: peak (sky included) below this fraction of saturation
     "psf_max_stars": 100,
     "apcorr_total_fwhm": 3.0,        # "total" aperture radius (FWHM units); light beyond it from the PSF model
-    "apcorr_min_stars": 3,           # fewer PSF stars: aperture correction from the fitted Moffat PSF
+    "apcorr_min_stars": 3,           # fewer PSF stars: aperture correction from the fitted Moffat PSF alone
+    "apcorr_model_wing_err": 0.3,    # relative uncertainty of the Moffat model's light outside an aperture: the
+                                     # model's aperture correction is averaged with the (noisy) empirical one
+                                     # with this uncertainty (photocal.combine_aperture_correction)
     "apcorr_local_sky": False,       # aperture correction: subtract a local annulus sky around each star
                                      # (robust to background errors but noisier) instead of trusting the
                                      # source-masked, mean-corrected global background
@@ -90,8 +98,11 @@ DEFAULTS = {
     "phot_max_magerr": 0.1,          # reference magnitude error cut
     "phot_max_peak_frac": 0.9,       # peak (sky included) below this fraction of saturation
     "phot_sys_err": 0.005,           # mag, added in quadrature per star
-    "phot_local_sky": True,          # zeropoint stars: calibration-aperture flux after subtracting a local
-                                     # annulus sky (keeps background errors out of the zeropoint)
+    "phot_aper_fwhm": 2.0,           # zeropoint stars: aperture radius (FWHM units; ~99% of a Moffat's light,
+                                     # far less sky noise than a fixed 2" aperture in good seeing)
+    "phot_local_sky": False,         # zeropoint stars: subtract a local annulus sky (its noise and the wings of
+                                     # neighbours in the annulus bias and scatter the zeropoint; use only
+                                     # if the global background is poor on scales < bkg_mesh)
     "colour_terms": {},              # {filter: {"primary": b1, "secondary": b2, "coeffs": [c0, c1, ...]}}
 }
 
@@ -246,7 +257,11 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         ``summary`` (JSON-able): ``status`` ("ok"), ``filter, mjd, exptime``, ``seeing_arcsec``
         (PSF FWHM), ``psf_fwhm_px, psf_beta, n_psf_stars``, ``zeropoint, zeropoint_err``
         (including the aperture correction's error), ``zeropoint_rms, n_phot, njy_per_adu``,
-        ``apcorr, apcorr_err, n_apcorr, apcorr_method`` ("empirical" or "psf_model"),
+        ``apcorr, apcorr_err, n_apcorr, apcorr_method`` (calibration aperture to total: "combined"
+        model and empirical, "empirical" when they disagreed, or "psf_model" with too few PSF stars),
+        ``apcorr_model`` (the Moffat model's value), ``apcorr_model_ee`` (model EE of the "total"
+        aperture), ``phot_aper_px, phot_apcorr, phot_apcorr_err, phot_apcorr_method`` (the
+        zeropoint stars' aperture and its correction),
         ``astrom_rms_arcsec`` (2-D rms of the matched stars' residuals), ``n_astrom,
         n_ref_on_ccd, astrom_model`` ("poly3", "radial", ...), ``astrom_offset_arcsec`` (header
         error found), ``astrom_match_radius, astrom_inv_maxerr_px``, ``sky_adu, sky_rms_adu,
@@ -261,6 +276,9 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         ``no_match``, ``few_photstars``, ``no_refmags`` (see the messages for the fix).
     """
     cfg = merge_config(config)
+    if not 0.0 < cfg["phot_aper_fwhm"] <= cfg["apcorr_total_fwhm"]:
+        raise ConfigError(f"calibrate: phot_aper_fwhm ({cfg['phot_aper_fwhm']}) must be > 0 and at most "
+                          f"apcorr_total_fwhm ({cfg['apcorr_total_fwhm']}), the aperture its correction is measured to")
     timer = _Timer()
 
     # 1. checks -------------------------------------------------------------------------------
@@ -325,19 +343,32 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         raise DataError("no bright, isolated, unsaturated point source found to measure the PSF; check the "
                         "saturation level, the focus and psf_min_snr", code="no_psf_stars")
     unusable = (mask & masks.UNUSABLE) != 0
-    psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=var)
+    # fit weights from the sky variance plus a smoothed (3x3) source term: weights computed from each pixel's own
+    # noisy value (``var``) favour low pixels and bias the Moffat beta high (wings too faint by ~0.1% of the flux)
+    psf_var = sky_var + np.maximum(ndimage.uniform_filter(sub, 3), 0.0) / np.float32(gain)
+    psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=psf_var)
     fwhm_px = psf["fwhm"]
-    r_tot = max(cfg["apcorr_total_fwhm"] * fwhm_px, 1.5 * calib_r)
+    phot_r = max(cfg["phot_aper_fwhm"] * fwhm_px, 2.0)
+    r_tot = max(cfg["apcorr_total_fwhm"] * fwhm_px, 1.5 * max(calib_r, phot_r))
     annulus = (1.2 * r_tot, 1.7 * r_tot)
     ee_tot = float(detection.moffat_encircled_energy(r_tot, psf["alpha"], psf["beta"]))
-    if stars.sum() >= cfg["apcorr_min_stars"]:
-        apc = detection.aperture_correction(sub, cat, stars, variance=sky_var, mask=unusable, radius=calib_r,
+
+    def aperture_correction(radius):
+        ee = float(detection.moffat_encircled_energy(radius, psf["alpha"], psf["beta"]))
+        model, model_err = photocal.model_aperture_correction(ee, wing_err=cfg["apcorr_model_wing_err"])
+        if stars.sum() < cfg["apcorr_min_stars"]:  # too few stars to check the model
+            return {"apcorr": model, "apcorr_err": model_err, "n": int(stars.sum()), "method": "psf_model",
+                    "model": model}
+        emp = detection.aperture_correction(sub, cat, stars, variance=sky_var, mask=unusable, radius=radius,
                                             total_radius=r_tot, total_fraction=ee_tot,
                                             bkg_annulus=annulus if cfg["apcorr_local_sky"] else None)
-        apc["method"] = "empirical"
-    else:  # too few stars to measure it: from the fitted Moffat (good to ~0.3% for Moffat-like PSFs)
-        ee_cal = float(detection.moffat_encircled_energy(calib_r, psf["alpha"], psf["beta"]))
-        apc = {"apcorr": 1.0 / ee_cal, "apcorr_err": 0.003, "n": int(stars.sum()), "method": "psf_model"}
+        out = photocal.combine_aperture_correction(emp["apcorr"], emp["apcorr_err"], model=model,
+                                                   model_err=model_err)
+        out.update(n=emp["n"], model=model, empirical=emp["apcorr"], empirical_err=emp["apcorr_err"])
+        return out
+
+    apc = aperture_correction(calib_r)      # catalog fluxes (calibration aperture)
+    phot_apc = aperture_correction(phot_r)  # zeropoint stars
     timer.lap("psf")
 
     # 5. astrometry -----------------------------------------------------------------------------------------
@@ -368,18 +399,22 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     ok = ((snr[m_src] >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
           & np.isfinite(ref_mag[m_ref]) & (np.nan_to_num(ref_magerr[m_ref], nan=9.0) <= cfg["phot_max_magerr"]))
     p_src, p_ref = m_src[ok], m_ref[ok]
+    xs, ys = cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src]
+    f_zp, fe_zp = detection.fixed_aperture_flux(sub, xs, ys, phot_r, variance=var, mask=unusable)
     if cfg["phot_local_sky"]:
-        xs, ys = cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src]
         lsky = detection.local_background(sub, xs, ys, r_in=annulus[0], r_out=annulus[1], mask=unusable)
         lsky = np.where(np.isfinite(lsky), lsky, 0.0)
-        f_cal, fe_cal = detection.fixed_aperture_flux(sub, xs, ys, calib_r, variance=var, mask=unusable, sky=lsky)
-    else:  # the catalog's own measurement: the zeropoint is then consistent with the catalog fluxes
-        f_cal, fe_cal = cat["flux_calib"].to_numpy()[p_src], cat["fluxerr_calib"].to_numpy()[p_src]
-    zpr = photocal.fit_zeropoint(f_cal * apc["apcorr"], fe_cal * apc["apcorr"], ref_mag[p_ref], ref_magerr[p_ref],
+        area = np.pi * phot_r**2
+        f_zp = f_zp - lsky * area
+        # noise of the annulus mean, scaled to the aperture
+        sky_sig = bkg.rms[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
+        fe_zp = np.hypot(fe_zp, sky_sig / np.sqrt(np.pi * (annulus[1]**2 - annulus[0]**2)) * area)
+    a_zp = phot_apc["apcorr"]
+    zpr = photocal.fit_zeropoint(f_zp * a_zp, fe_zp * a_zp, ref_mag[p_ref], ref_magerr[p_ref],
                                  clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"], sys_err=cfg["phot_sys_err"])
     zp = zpr.zp
     # the aperture correction's error is common to every star
-    zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * apc["apcorr_err"] / apc["apcorr"]))
+    zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
     timer.lap("photometry")
 
     # 7. outputs ---------------------------------------------------------------------------------------------------
@@ -433,7 +468,12 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         "apcorr_err": float(apc["apcorr_err"]),
         "n_apcorr": int(apc["n"]),
         "apcorr_method": apc["method"],
+        "apcorr_model": float(apc["model"]),
         "apcorr_model_ee": float(ee_tot),
+        "phot_aper_px": float(phot_r),
+        "phot_apcorr": float(a_zp),
+        "phot_apcorr_err": float(phot_apc["apcorr_err"]),
+        "phot_apcorr_method": phot_apc["method"],
         "astrom_rms_arcsec": float(ast.rms),
         "astrom_offset_arcsec": [float(v) for v in ast.offset],
         "astrom_model": "radial" if ast.info["order"] == "radial" else f"poly{ast.info['order']}",
