@@ -65,7 +65,7 @@ DEFAULTS = {
     "saturation": 50000.0,
     "cosmic_rays": 80,
     "bad_columns": 1,
-    "star_density": 12000.0,
+    "star_density": 60000.0,
     "galaxy_density": 30000.0,
     "mag_bright": 16.0,
     "mag_limit": 24.5,
