@@ -43,8 +43,10 @@ try:
     log.info("calibrated: seeing %.2f\", zp %.3f, astrometric rms %.3f\" from %d stars",
              summary["seeing_arcsec"], summary["zeropoint"], summary["astrom_rms_arcsec"], summary["n_astrom"])
 except DataError as err:
-    log.error("visit %d ccd %d failed: %s", ids["visit"], ids["ccd"], err)
     summary = {**calibrate.failure_summary(err, **ids), **paths}
+    if sm.input.raw not in summary["reason"]:  # say where: the file (and HDU) the problem is in
+        summary["reason"] = f"{sm.input.raw}[{sm.params.raw['hdu']}]: {summary['reason']}"
+    log.error("visit %d ccd %d failed (%s): %s", ids["visit"], ids["ccd"], summary.get("code"), summary["reason"])
     write_exposure(sm.output.calexp, Exposure(None, None, None, None, meta={**ids, "STATUS": "failed"}),
                    provenance=prov)
     write_table(sm.output.sources, pd.DataFrame(columns=calibrate.SOURCE_COLUMNS), meta=ids, provenance=prov)
