@@ -1,7 +1,7 @@
 """Measurement primitives for coadds, shared by :mod:`skysnake.multiband`.
 
-Preparation (residual background, masks, FWHM), detection footprints and peaks, aperture photometry, the
-point-source concentration locus and the aperture correction.
+Preparation (residual background, masks, FWHM), the residual sky pedestal, detection footprints and peaks,
+aperture photometry, the point-source concentration locus and the aperture correction.
 
 Conventions
 -----------
@@ -21,6 +21,11 @@ Conventions
   local PSF concentration: the local star locus, combined for point sources with their own measured
   concentration. This follows PSF changes at coadd-input boundaries much better than averaging nearby
   stars' noisy curve-of-growth ratios.
+* Measurements (not detection) first remove the *sky pedestal* (:func:`sky_pedestal`): the mean sky level
+  that median-type background estimates leave, because Poisson sky noise is skewed (mean above the median)
+  and undetected sources add light. It is ~0.005-0.01 sigma/px, but the 5" aperture collects it over
+  2000 px: left in, it inflated the aperture correction by ~0.2% and the PSF fluxes of S/N ~ 100 stars
+  by ~0.3% in the simulated survey.
 """
 
 from __future__ import annotations
@@ -224,6 +229,19 @@ def mesh_background(data, mask, *, mesh, filter_size=1, min_fraction=0.05):
     return spline(np.arange(ny), np.arange(nx)).astype(np.float32)
 
 
+def wing_radius(flux, a_px, fwhm_px, level):
+    """Radius (px) where a source of total ``flux`` falls below ``level`` (nJy/px): the larger of a
+    Moffat(beta=4.765) PSF of the coadd FWHM and an exponential of rms radius ``a_px``."""
+    flux = np.maximum(np.nan_to_num(np.asarray(flux, float), nan=0.0), 0.0)
+    a_px = np.nan_to_num(np.asarray(a_px, float), nan=0.0)
+    alpha = fwhm_px / (2.0 * np.sqrt(2.0 ** (1.0 / MOFFAT_BETA) - 1.0))
+    peak = flux * (MOFFAT_BETA - 1) / (np.pi * alpha ** 2)
+    r_psf = alpha * np.sqrt(np.maximum((peak / level) ** (1.0 / MOFFAT_BETA) - 1.0, 0.0))
+    h = np.maximum(a_px, 0.3 * fwhm_px) / 1.5  # exponential scale length (rms radius ~ 1.5-2 h)
+    r_exp = h * np.log(np.maximum(flux / (2 * np.pi * h ** 2) / level, 1.0))
+    return np.maximum(r_psf, r_exp)
+
+
 def _sky(data, err, bad, fwhm_px, *, mesh_px, filter_size, source_thresh, grow_fwhm, wing_sigma=0.05):
     mesh = int(min(mesh_px, max(64, min(data.shape) // 4)))
     bkg0 = mesh_background(data, bad, mesh=mesh, filter_size=filter_size)
@@ -237,13 +255,7 @@ def _sky(data, err, bad, fwhm_px, *, mesh_px, filter_size, source_thresh, grow_f
         # the faint wings of sources bias the sky high: mask each one out to where its profile falls below
         # wing_sigma x the noise, for a Moffat PSF of its flux and for an exponential of its size
         sigma = np.median(err[~bad]) if (~bad).any() else 1.0
-        flux = np.maximum(objs["flux"], 0.0)
-        alpha = fwhm_px / (2.0 * np.sqrt(2.0 ** (1.0 / MOFFAT_BETA) - 1.0))
-        peak = flux * (MOFFAT_BETA - 1) / (np.pi * alpha ** 2)
-        r_psf = alpha * np.sqrt(np.maximum((peak / (wing_sigma * sigma)) ** (1.0 / MOFFAT_BETA) - 1.0, 0.0))
-        h = np.maximum(objs["a"], 0.3 * fwhm_px) / 1.5  # exponential scale length (rms radius ~ 1.5-2 h)
-        r_exp = h * np.log(np.maximum(flux / (2 * np.pi * h ** 2) / (wing_sigma * sigma), 1.0))
-        radius = np.minimum(np.maximum(r_psf, r_exp), mesh / 2)
+        radius = np.minimum(wing_radius(objs["flux"], objs["a"], fwhm_px, wing_sigma * sigma), mesh / 2)
         big = radius > grow / 2
         if big.any():
             sep.mask_ellipse(srcmask, objs["x"][big], objs["y"][big], radius[big], radius[big], 0.0)
@@ -353,6 +365,85 @@ def prepare(coadd, *, background=None, fwhm_arcsec=None, mesh_px=256, what="meas
                     nodata=nodata.astype(np.float32), sat=sat, wcs=coadd.wcs, pixscale=pixscale,
                     fwhm_px=float(fwhm_px), fwhm_source=source, filter=None if filt is None else str(filt),
                     sky_err=float(2.0 * np.median(err[~bad]) / mesh))
+
+
+# --- residual sky pedestal -----------------------------------------------------------------------------
+
+def sky_pedestal(prep, x, y, *, a_px=None, min_radius_fwhm=2.0, wing_sigma=0.02, clip=5.0, smooth_px=31,
+                 min_pixels=10_000):
+    """Mean sky level left in the background-subtracted pixels, as a map: ``c0 + c1 * (v_sky - <v_sky>)``.
+
+    Background estimators (clipped medians over source-masked meshes, here and per CCD upstream) put the
+    zero at the median of the sky pixels. Sky noise is Poisson, hence skewed, and its mean lies above
+    the median by ~kappa_3 / (6 sigma^2), about 0.005 sigma in the simulated coadds, proportional to the
+    variance (1 / number of inputs); the light of undetected sources adds a uniform part. Apertures
+    collect this pedestal times their area: 0.3-1.2 nJy/px inflated the 5" fluxes of S/N ~ 100 stars by
+    ~1% and the aperture correction calibrated on them by ~0.2%.
+
+    The pedestal is fitted, by least squares over all sky pixels, as a linear function of the smooth
+    sky variance ``v_sky`` (the variance plane's ``smooth_px`` minimum filter, which drops the sources'
+    Poisson bumps and follows the steps between coadd-input footprints). Sky pixels are those outside
+    circles around the catalogued objects (radius ``min_radius_fwhm`` FWHM, or out to where their
+    profile falls below ``wing_sigma`` sigma), within ``clip`` sigma. Masking by catalogue position
+    rather than by a low-threshold segmentation keeps the mask independent of the noise: masking
+    positive noise peaks would bias the mean low.
+
+    Parameters
+    ----------
+    prep : Prepared
+    x, y : numpy.ndarray
+        Pixel positions of every catalogued object (e.g. the merged detections).
+    a_px : numpy.ndarray, optional
+        Their rms major axes (px), for the wings of extended sources.
+    min_radius_fwhm, wing_sigma, clip, smooth_px, min_pixels : float, int
+        Mask radius, wing level, clipping, smoothing scale and the fewest sky pixels for a fit (else 0).
+
+    Returns
+    -------
+    pedestal : numpy.ndarray
+        float32 map (nJy/px), 0 on unusable pixels.
+    info : dict
+        ``sky_pedestal`` (median of the map over usable pixels), ``sky_pedestal_slope`` (per nJy^2 of
+        variance), ``sky_pedestal_npix``.
+    """
+    shape = prep.data.shape
+    good = ~prep.bad
+    info = {"sky_pedestal": 0.0, "sky_pedestal_slope": 0.0, "sky_pedestal_npix": 0}
+    if good.sum() < min_pixels:
+        return np.zeros(shape, np.float32), info
+    sigma = float(np.median(prep.err[::4, ::4][good[::4, ::4]]))
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    mask = prep.bad.copy()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.any():
+        flux, _, _ = sep.sum_circle(prep.data, x[ok], y[ok], 3.0 * prep.fwhm_px, mask=prep.bad, subpix=0)
+        a = np.zeros(ok.sum()) if a_px is None else np.asarray(a_px, float)[ok]
+        rmin = min_radius_fwhm * prep.fwhm_px
+        radius = np.clip(wing_radius(flux, a, prep.fwhm_px, wing_sigma * sigma), rmin, max(0.25 * max(shape), rmin))
+        sep.mask_ellipse(mask, x[ok], y[ok], radius, radius, 0.0)
+    sky = ~mask
+    sky[sky] = np.abs(prep.data[sky]) < clip * prep.err[sky]
+    npix = int(sky.sum())
+    if npix < min_pixels:
+        return np.zeros(shape, np.float32), info
+    # every usable pixel has a finite minimum (itself); unusable ones get 0 below
+    v = ndimage.minimum_filter(np.where(good, prep.var, np.float32(np.inf)), size=int(smooth_px))
+    vs, d = v[sky], prep.data[sky]
+    lo, hi = np.percentile(vs[::16], [0.5, 99.5])
+    v0 = float(np.mean(vs, dtype=np.float64))
+    c0 = float(np.mean(d, dtype=np.float64))
+    vs -= np.float32(v0)  # centred: float32 dot products are then accurate enough
+    d -= np.float32(c0)
+    svv = float(np.dot(vs, vs))
+    c1 = float(np.dot(vs, d)) / svv if svv > 1e-6 * npix * v0 ** 2 else 0.0
+    pedestal = np.clip(v, lo, hi, out=v)
+    pedestal -= np.float32(v0)
+    pedestal *= np.float32(c1)
+    pedestal += np.float32(c0)
+    pedestal[prep.bad] = 0.0
+    info.update({"sky_pedestal": float(np.median(pedestal[::4, ::4][good[::4, ::4]])),
+                 "sky_pedestal_slope": c1, "sky_pedestal_npix": npix})
+    return pedestal, info
 
 
 def sky_to_pixel(wcs, ra, dec):

@@ -9,8 +9,11 @@ The per-patch flow (one coadd per filter, all on the patch's pixel grid)::
     forced = {f: forced_photometry(coadds[f], ref, filter=f) for f in filters}
 
 Each step re-estimates the coadd's residual background (a 256 px mesh with sources masked); pass
-``background=estimate_background(coadd)`` to do it once per band. Conventions (pixel coordinates, units,
-the aperture-corrected PSF flux, ``FLAG_*`` bits) are documented in :mod:`skysnake.measure`.
+``background=estimate_background(coadd)`` to do it once per band. :func:`measure` and
+:func:`forced_photometry` then also remove the residual sky pedestal (the mean sky level above the median
+that the background estimate finds; :func:`skysnake.measure.sky_pedestal`) before any photometry.
+Conventions (pixel coordinates, units, the aperture-corrected PSF flux, ``FLAG_*`` bits) are documented in
+:mod:`skysnake.measure`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from .measure import (FLAG_APCORR, FLAG_BLENDED, FLAG_CENTROID, FLAG_EDGE, FLAG_
                       FLAG_NAMES, FLAG_NO_DATA, FLAG_SATURATED, FLAG_SHAPE, FLAG_TRUNCATED, KRON_FACTOR,
                       KRON_MIN_RADIUS, aperture_column, calibrate, concentration,
                       detection_catalog, empty_frame, estimate_background, inside_image, photometry,
-                      pixel_scale_arcsec, pixel_to_sky, prepare, sanitize_shape, sky_to_pixel)
+                      pixel_scale_arcsec, pixel_to_sky, prepare, sanitize_shape, sky_pedestal, sky_to_pixel)
 
 __all__ = ["detect", "merge_detections", "measure", "select_reference", "forced_photometry",
            "estimate_background", "aperture_column", "measure_columns", "DETECT_COLUMNS", "REFERENCE_COLUMNS",
@@ -250,6 +253,13 @@ def select_reference(measurements, *, priority=DEFAULT_PRIORITY, min_snr=10.0):
     return df
 
 
+def _subtract_pedestal(prep, x, y, a):
+    """Remove the residual sky pedestal (:func:`skysnake.measure.sky_pedestal`) from ``prep.data`` in place."""
+    pedestal, info = sky_pedestal(prep, x, y, a_px=a)
+    prep.data -= pedestal
+    return info
+
+
 def measure_columns(aperture_radii_arcsec):
     """Columns of a :func:`measure` table."""
     cols = ["id", "x", "y", "ra", "dec", "psf_flux", "psf_fluxerr", "snr", "apcorr", "apcorr_err"]
@@ -298,7 +308,7 @@ def _windowed_centroid(prep, x0, y0, ok, *, min_snr):
 
 def measure(coadd, merged, *, filter, aperture_radii_arcsec=(1.0, 1.5, 2.0, 3.0, 5.0), psf_aperture_arcsec=2.0,
             total_aperture_arcsec=5.0, background=None, fwhm_arcsec=None, shape_thresh=3.0, centroid_min_snr=5.0,
-            calib_min_snr=50.0, extended_nsigma=3.0, extended_min=0.02):
+            calib_min_snr=50.0, extended_nsigma=3.0, extended_min=0.02, pedestal=True):
     """Measure one band's coadd at the positions of the merged detection catalog.
 
     Parameters
@@ -328,6 +338,10 @@ def measure(coadd, merged, *, filter, aperture_radii_arcsec=(1.0, 1.5, 2.0, 3.0,
     extended_nsigma, extended_min : float
         ``is_extended`` when ``extendedness`` exceeds both ``extended_nsigma * extendedness_err`` and
         ``extended_min``.
+    pedestal : bool
+        Remove the residual sky pedestal (:func:`skysnake.measure.sky_pedestal`, masked around the merged
+        positions) from the pixels before measuring. Without it the 5" apertures of the aperture-correction
+        stars collect the pedestal and bias the PSF fluxes high.
 
     Returns
     -------
@@ -339,7 +353,8 @@ def measure(coadd, merged, *, filter, aperture_radii_arcsec=(1.0, 1.5, 2.0, 3.0,
         light); ``concentration`` = f(1")/f(3"); ``extendedness`` = 1 - concentration / local star locus,
         its error, and ``is_extended``; ``flags`` (``FLAG_*`` of :mod:`skysnake.measure`). ``df.attrs``:
         ``filter, fwhm_arcsec, fwhm_source, apcorr`` (median), ``apcorr_scatter`` (robust scatter of the stars'
-        5"/psf-aperture ratios about the fit), ``apcorr_nstars, apcorr_method, locus_scatter, n_point_sources``.
+        5"/psf-aperture ratios about the fit), ``apcorr_nstars, apcorr_method, locus_scatter, n_point_sources``
+        and, with ``pedestal``, ``sky_pedestal`` (nJy/px, median), ``sky_pedestal_slope, sky_pedestal_npix``.
         Rows of an empty or unusable coadd have NaN measurements and ``FLAG_NO_DATA``.
     """
     columns = measure_columns(aperture_radii_arcsec)
@@ -358,6 +373,7 @@ def measure(coadd, merged, *, filter, aperture_radii_arcsec=(1.0, 1.5, 2.0, 3.0,
     x0, y0 = sky_to_pixel(prep.wcs, merged["ra"].to_numpy(float), merged["dec"].to_numpy(float))
     ok = inside_image(prep, x0, y0)
     a, b, theta, noshape, seg, segid = _band_shapes(prep, x0, y0, ok, thresh=shape_thresh)
+    ped_info = _subtract_pedestal(prep, x0, y0, np.where(noshape, 0.0, a)) if pedestal else {}
     x, y, cfail = _windowed_centroid(prep, x0, y0, ok, min_snr=centroid_min_snr)
     kron = np.full(n, KRON_MIN_RADIUS)
     kfail = np.ones(n, bool)
@@ -405,6 +421,7 @@ def measure(coadd, merged, *, filter, aperture_radii_arcsec=(1.0, 1.5, 2.0, 3.0,
     for key, value in values.items():
         out[key] = value
     out.attrs.update(cal.summary)
+    out.attrs.update(ped_info)
     out.attrs.update({"fwhm_arcsec": prep.fwhm_px * prep.pixscale, "fwhm_source": prep.fwhm_source,
                       "n_point_sources": int(cal.stars.sum())})
     return out
@@ -420,7 +437,7 @@ def forced_columns(aperture_radii_arcsec):
 
 def forced_photometry(coadd, reference, *, filter, psf_aperture_arcsec=2.0,
                       aperture_radii_arcsec=(1.0, 1.5, 2.0, 3.0, 5.0), total_aperture_arcsec=5.0, background=None,
-                      fwhm_arcsec=None, calib_min_snr=50.0):
+                      fwhm_arcsec=None, calib_min_snr=50.0, pedestal=True):
     """Photometry of this band's coadd at the fixed reference positions and shapes.
 
     Every band uses the same apertures (circles and the reference Kron ellipse) at the same sky positions.
@@ -436,6 +453,8 @@ def forced_photometry(coadd, reference, *, filter, psf_aperture_arcsec=2.0,
     filter : str
     psf_aperture_arcsec, aperture_radii_arcsec, total_aperture_arcsec, background, fwhm_arcsec, calib_min_snr
         As in :func:`measure`.
+    pedestal : bool
+        As in :func:`measure` (masked around the reference positions).
 
     Returns
     -------
@@ -462,6 +481,7 @@ def forced_photometry(coadd, reference, *, filter, psf_aperture_arcsec=2.0,
                                     reference["theta"].to_numpy(float), sigma)
     kron = reference["kron_radius"].to_numpy(float)
     kron = np.where(np.isfinite(kron) & (kron > 0), kron, KRON_MIN_RADIUS)
+    ped_info = _subtract_pedestal(prep, x, y, a) if pedestal else {}
     phot = photometry(prep, x, y, a, b, theta, kron, radii_arcsec=aperture_radii_arcsec,
                       psf_aperture_arcsec=psf_aperture_arcsec, total_aperture_arcsec=total_aperture_arcsec)
     flags = phot["flags"]
@@ -483,6 +503,7 @@ def forced_photometry(coadd, reference, *, filter, psf_aperture_arcsec=2.0,
     for key, value in values.items():
         out[key] = value
     out.attrs.update(cal.summary)
+    out.attrs.update(ped_info)
     out.attrs.update({"fwhm_arcsec": prep.fwhm_px * prep.pixscale, "fwhm_source": prep.fwhm_source,
                       "n_point_sources": int(cal.stars.sum())})
     return out
