@@ -13,7 +13,6 @@ index, so ``snakemake -n`` lists every job before anything runs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,12 +120,3 @@ def sim_index(sim_cfg, *, raw_pattern):
     fp["hdu"] = 0
     return fp
 
-
-def write_index(path, index):
-    from .io import write_table
-
-    write_table(path, index)
-
-
-def relpath(path, start):
-    return str(Path(path).resolve().relative_to(Path(start).resolve()))
