@@ -10,6 +10,7 @@ rule ingest:
         INDEX,
     params:
         index=PLAN.index.to_dict(orient="list"),
+        problems=INPUT_PROBLEMS.to_dict(orient="list"),
         instrument=config["instrument"],
     conda:
         "../envs/skysnake.yaml"

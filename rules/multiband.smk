@@ -2,6 +2,13 @@
 # filter, merge detections across filters, measure per filter at the merged
 # positions, choose a reference band per object, forced photometry per filter at
 # the reference positions, and one object catalog per tract.
+#
+# Each rule's params hold only the multiband options it uses, so changing one option
+# reruns the stages it affects and no others (Snakemake's params trigger).
+
+
+def multiband_options(*keys):
+    return {k: config["multiband"][k] for k in keys}
 
 
 rule detect:
@@ -11,7 +18,7 @@ rule detect:
     output:
         DETECT,
     params:
-        multiband=config["multiband"],
+        multiband=multiband_options("detect_thresh", "minarea"),
     conda:
         "../envs/skysnake.yaml"
     log:
@@ -34,7 +41,7 @@ rule merge_detections:
         MERGED,
     params:
         filters=lambda wc: list(per_filter(DETECT)(wc)),
-        multiband=config["multiband"],
+        multiband=multiband_options("merge_radius_arcsec", "priority"),
     conda:
         "../envs/skysnake.yaml"
     log:
@@ -56,7 +63,7 @@ rule measure:
     output:
         MEASURE,
     params:
-        multiband=config["multiband"],
+        multiband=multiband_options("aperture_radii_arcsec", "psf_aperture_arcsec"),
     conda:
         "../envs/skysnake.yaml"
     log:
@@ -78,7 +85,7 @@ rule select_reference:
         REFERENCE,
     params:
         filters=lambda wc: list(per_filter(MEASURE)(wc)),
-        multiband=config["multiband"],
+        multiband=multiband_options("priority", "min_ref_snr"),
     conda:
         "../envs/skysnake.yaml"
     log:
@@ -100,7 +107,7 @@ rule forced_photometry:
     output:
         FORCED,
     params:
-        multiband=config["multiband"],
+        multiband=multiband_options("psf_aperture_arcsec", "aperture_radii_arcsec"),
     conda:
         "../envs/skysnake.yaml"
     log:

@@ -11,6 +11,7 @@ rule registry:
         REGISTRY,
     params:
         quality=config["quality"],
+        problems=input_problems_records,
     conda:
         "../envs/skysnake.yaml"
     log:

@@ -5,7 +5,7 @@ Outputs: ``calexp`` (FITS: IMAGE in nJy, MASK, VARIANCE, fitted TAN-SIP WCS),
 ``sources`` (parquet), ``summary`` (JSON sidecar gathered by the registry).
 Config: ``calibrate.*`` (detection, matching, fitting options), ``instrument.*``.
 
-A data problem (unreadable file, no WCS, blank image, too few reference stars)
+A data problem (unreadable file, no WCS, blank or saturated image, too few reference stars)
 does not fail the job: the CCD is written as failed (empty calexp, empty source
 table, summary with status "failed" and the reason) and the run goes on.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 from skysnake import calibrate
 from skysnake.adapter import provenance, setup_logging, timed
 from skysnake.errors import DataError
-from skysnake.instruments import read_raw
+from skysnake.instruments import check_saturation, read_raw
 from skysnake.io import Exposure, read_table, write_exposure, write_json, write_table
 
 sm = snakemake  # noqa: F821
@@ -29,7 +29,11 @@ try:
     with timed(log, "read raw"):
         raw = read_raw(sm.input.raw, instrument=sm.params.instrument, hdu=sm.params.raw["hdu"])
         meta = raw.meta
+        check_saturation(raw.image, meta["saturation"], path=sm.input.raw)
         refcat = read_table(sm.input.refcat)
+        if len(refcat) == 0:
+            raise DataError(f"the reference catalog of this CCD's tract ({sm.input.refcat}) has no star: the "
+                            "reference catalog file (refcat.path) does not cover the field", code="empty_refcat")
     with timed(log, "calibrate"):
         result = calibrate.calibrate_ccd(
             raw.image, header_wcs=raw.wcs, refcat=refcat, filter=meta["filter"], mjd=meta["mjd"],
@@ -40,6 +44,8 @@ try:
         write_exposure(sm.output.calexp, result.exposure, provenance=prov)
         write_table(sm.output.sources, result.sources, meta=ids, provenance=prov)
     summary = {**result.summary, **ids, **paths}
+    # step timings go to the log, not the summary: outputs are byte-identical from run to run
+    log.info("step timings (s): %s", summary.pop("timing", {}))
     log.info("calibrated: seeing %.2f\", zp %.3f, astrometric rms %.3f\" from %d stars",
              summary["seeing_arcsec"], summary["zeropoint"], summary["astrom_rms_arcsec"], summary["n_astrom"])
 except DataError as err:
@@ -52,4 +58,4 @@ except DataError as err:
     write_table(sm.output.sources, pd.DataFrame(columns=calibrate.SOURCE_COLUMNS), meta=ids, provenance=prov)
 for k in ("filter", "mjd", "exptime"):  # header values, else the plan's
     summary[k] = meta.get(k, sm.params.raw[k])
-write_json(sm.output.summary, summary)
+write_json(sm.output.summary, {**summary, "provenance": prov})

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import REPO, run_snakemake
+
 from skysnake import calibrate, quality, sim
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
@@ -58,3 +58,21 @@ def test_bad_config_is_rejected_before_any_job_naming_the_key(tmp_path, mutate, 
     assert proc.returncode != 0
     assert key in out, out[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("mutate, key, what", [
+    (lambda c: c.update(inputs={"source": "files", "paths": ["nowhere/raw-*.fits"]}), "inputs.paths",
+     "nowhere/raw-*.fits"),
+    (lambda c: c.update(inputs={"source": "files", "paths": []}), "inputs.paths", "is empty"),
+    (lambda c: c.update(refcat={"source": "file", "path": "no/such/refcat.parquet"}), "refcat.path",
+     "no/such/refcat.parquet"),
+    (lambda c: c.update(refcat={"source": "file"}), "refcat.path", "is not set"),
+])
+def test_missing_input_path_is_rejected_before_any_job_naming_the_key(tmp_path, mutate, key, what):
+    cfg = _bad_config(tmp_path, mutate)
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(cfg), check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert key in out and what in out, out[-2000:]
+    assert "Traceback" not in out  # a message for the user, not a crash
+    assert not (tmp_path / "results").exists() and not (tmp_path / ".snakemake" / "log").exists()

@@ -446,6 +446,8 @@ def test_injected_faults(kind):
     elif kind == "no_wcs":
         assert not any(k.startswith(("CTYPE", "CRVAL", "CRPIX", "CD")) for k in hdr)
         assert sim.header_wcs(d, visit=1001, ccd=3) is None and hdr["CCDNUM"] == 3
+    elif kind == "saturated":
+        assert (img >= np.float32(hdr["SATURATE"]) * (1 - 1e-6)).all()
     else:
         hw, tw = sim.header_wcs(d, visit=1001, ccd=3), sim.true_wcs(d, visit=1001, ccd=3)
         r1, d1 = hw.all_pix2world([128], [192], 0)

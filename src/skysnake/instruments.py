@@ -9,6 +9,7 @@ files of exactly this kind.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from .errors import DataError
 from .io import truncation_is_an_error
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 #: Defaults of the ``instrument`` config block (the generic camera).
 DEFAULTS = {
@@ -77,7 +80,38 @@ def header_meta(header, instrument, *, path="?"):
     except (TypeError, ValueError) as err:
         raise DataError(f"{path}: a header keyword has the wrong type ({err})", code="bad_keyword") from err
     meta["filter"] = str(meta["filter"]).strip()
+    if not _SAFE_NAME.fullmatch(meta["filter"]):
+        # the filter name becomes part of output file names: never let a header write elsewhere
+        raise DataError(f"{path}: filter name {meta['filter']!r} (keyword {kw['filter']!r}) is not a plain name "
+                        "(letters, digits, underscore); fix the header or map it with instrument.keywords.filter",
+                        code="bad_keyword")
     return meta
+
+
+def check_saturation(image, saturation, *, path="?", max_fraction=0.5):
+    """Raise :class:`DataError` (``code="saturated"``) when most of a raw CCD is at or above saturation.
+
+    Parameters
+    ----------
+    image : ndarray
+        Raw pixels (ADU).
+    saturation : float
+        Saturation level (ADU) from the header or the instrument defaults.
+    path : str
+        File named in the message.
+    max_fraction : float
+        Largest tolerated fraction of saturated finite pixels (bright stars saturate a few percent).
+    """
+    finite = np.isfinite(image)
+    n = int(np.count_nonzero(finite))
+    if n == 0:
+        return
+    level = np.float32(saturation) * np.float32(1 - 1e-6)  # the image may be float32-rounded
+    frac = np.count_nonzero(image[finite] >= level) / n
+    if frac > max_fraction:
+        raise DataError(f"{path}: {100 * frac:.0f}% of the pixels are at or above the saturation level "
+                        f"{saturation:g} ADU; the exposure is overexposed (twilight, a lamp, a very bright "
+                        "source) - exclude this CCD", code="saturated")
 
 
 def header_wcs(header):

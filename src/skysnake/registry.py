@@ -59,8 +59,12 @@ def rows_from_summaries(summaries, *, cuts=None):
     return rows
 
 
-def write_registry(path, rows):
-    """Write the registry atomically (a new database replaces the old one whole)."""
+def write_registry(path, rows, *, provenance=None):
+    """Write the registry atomically (a new database replaces the old one whole).
+
+    ``provenance`` (:func:`skysnake.adapter.provenance`) goes in a ``provenance`` table of
+    ``(key, value)`` rows: ``version``, ``config_hash`` and one ``input`` row per input file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -73,6 +77,12 @@ def write_registry(path, rows):
         names = [n for n, _ in COLUMNS]
         con.executemany(f"INSERT INTO ccd ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         [[r.get(n) for n in names] for r in rows])
+        if provenance:
+            con.execute("CREATE TABLE provenance (key TEXT NOT NULL, value TEXT)")
+            con.executemany("INSERT INTO provenance (key, value) VALUES (?, ?)",
+                            [("version", str(provenance.get("version", ""))),
+                             ("config_hash", str(provenance.get("config_hash", "")))]
+                            + [("input", str(p)) for p in provenance.get("inputs", [])])
         con.commit()
     finally:
         con.close()
@@ -88,3 +98,17 @@ def read_registry(path):
         return pd.read_sql_query("SELECT * FROM ccd ORDER BY visit, ccd", con)
     finally:
         con.close()
+
+
+def read_registry_provenance(path):
+    """The provenance recorded by :func:`write_registry` (empty values if the registry has none)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='provenance'").fetchone():
+            return {"version": None, "config_hash": None, "inputs": []}
+        rows = con.execute("SELECT key, value FROM provenance ORDER BY rowid").fetchall()
+    finally:
+        con.close()
+    one = {k: v for k, v in rows if k != "input"}
+    return {"version": one.get("version"), "config_hash": one.get("config_hash"),
+            "inputs": [v for k, v in rows if k == "input"]}

@@ -78,7 +78,7 @@ DEFAULTS = {
     "ccd_bad": [],
 }
 
-FAULT_KINDS = ("nan", "zeros", "no_wcs", "offset_far")
+FAULT_KINDS = ("nan", "zeros", "no_wcs", "offset_far", "saturated")
 
 # Colours relative to r (the reference filter) of the filters the simulation knows.
 _KNOWN_FILTERS = ("u", "g", "r", "i", "z", "y")
@@ -763,6 +763,8 @@ def render_ccd(design, truth, *, visit, ccd, noise=True):
         image[:] = np.nan
     elif fault == "zeros":
         image[:] = 0.0
+    elif fault == "saturated":  # every pixel at the CCD's saturation level (overexposed, e.g. twilight)
+        image[:] = sat
 
     hdr = fits.Header()
     hdr.extend(header_wcs_header(design, visit=visit, ccd=ccd).cards)
