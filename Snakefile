@@ -25,6 +25,11 @@ include: "rules/skymap.smk"
 include: "rules/warp.smk"
 include: "rules/coadd.smk"
 include: "rules/multiband.smk"
+include: "rules/qa.smk"
+
+
+# `snakemake --report report.html`: the QA figures (rules/qa.smk) with their captions (report/*.rst)
+report: "report/workflow.rst"
 
 
 rule all:

@@ -4,7 +4,7 @@
 import json
 
 from skysnake import plan as _plan
-from skysnake.ingest import input_index
+from skysnake.ingest import check_inputs, input_index
 
 R = config["results"]
 
@@ -46,11 +46,17 @@ def bench_path(rule, ids=""):
 
 
 # --- the plan: computed once per parse ----------------------------------------------
-PLAN = _plan.make_plan(
-    input_index(config, raw_sim_pattern=RAW_SIM.replace("{{", "{").replace("}}", "}")),
-    config["skymap"],
-    margin_arcsec=config["skymap"]["overlap_margin_arcsec"],
-)
+# Input paths are checked first: a missing file or a glob matching nothing stops the run
+# before any job, naming the config key.
+check_inputs(config)
+_INDEX, INPUT_PROBLEMS = input_index(config, raw_sim_pattern=RAW_SIM.replace("{{", "{").replace("}}", "}"))
+PLAN = _plan.make_plan(_INDEX, config["skymap"], margin_arcsec=config["skymap"]["overlap_margin_arcsec"])
+
+
+def input_problems_records(wc=None):
+    """CCDs of the inputs that cannot be calibrated (skipped files, CCDs missing from a visit), for the registry."""
+    p = INPUT_PROBLEMS[INPUT_PROBLEMS["visit"] >= 0]
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in p.to_dict(orient="records")]
 
 
 SIM_CCDS = sorted(PLAN.index["ccd"].unique().tolist()) if config["inputs"]["source"] == "sim" else []
@@ -129,7 +135,58 @@ def references_of_tract(wc):
 def all_targets():
     targets = [REGISTRY, SKYMAP, INDEX]
     targets += [OBJECTS.format(tract=t) for t in PLAN.tracts]
+    targets += qa_targets()  # rules/qa.smk
     return targets
+
+
+# --- QA (rules/qa.smk): figures for the report ----------------------------------------------
+QA = f"{R}/qa"
+QA_ASTROMETRY = f"{QA}/visit/{{visit}}/astrometry-{{visit}}.png"
+QA_FOCAL_PLANE = f"{QA}/visit/{{visit}}/focalplane-{{visit}}.png"
+QA_COLOR = f"{QA}/tract/{{tract}}/color/color-{{tract}}-{{patch}}.png"
+QA_DEPTH_MAPS = f"{QA}/tract/{{tract}}/depth-{{tract}}.fits"
+QA_TRACT_FIGURES = ["depth", "coverage", "counts", "colorcolor", "colormag"]
+QA_TRUTH_FIGURES = ["truth-completeness", "truth-photometry"]
+
+
+def qa_tract_png(name):
+    return f"{QA}/tract/{{tract}}/{name}-{{tract}}.png"
+
+
+def qa_targets():
+    """Every QA figure of the plan (the truth comparison only for the simulated survey)."""
+    out = [QA_ASTROMETRY.format(visit=v) for v in PLAN.visits]
+    out += [QA_FOCAL_PLANE.format(visit=v) for v in PLAN.visits]
+    names = QA_TRACT_FIGURES + (QA_TRUTH_FIGURES if config["inputs"]["source"] == "sim" else [])
+    for t in PLAN.tracts:
+        out += [QA_COLOR.format(tract=t, patch=p) for p in PLAN.patches(t)]
+        out += [qa_tract_png(n).format(tract=t) for n in names]
+    return out
+
+
+def refcats_of_visit(wc):
+    """The refcat each CCD of the visit was calibrated against, CCD by CCD (as sources_of_visit)."""
+    return [REFCAT.format(tract=PLAN.refcat_tract[(int(wc.visit), c)]) for c in PLAN.ccds_of_visit(wc.visit)]
+
+
+def sources_of_visit(wc):
+    return [SOURCES.format(visit=wc.visit, ccd=c) for c in PLAN.ccds_of_visit(wc.visit)]
+
+
+def visit_footprints(wc):
+    """Approximate CCD corners from the raw headers: where a failed CCD (no fitted WCS) is drawn."""
+    idx = PLAN.index[PLAN.index["visit"] == int(wc.visit)]
+    return {int(r.ccd): [[float(getattr(r, f"ra_c{i}")), float(getattr(r, f"dec_c{i}"))] for i in range(4)]
+            for r in idx.itertuples(index=False)}
+
+
+def coadds_of_tract(wc):
+    return [COADD.format(tract=wc.tract, patch=p, filter=f) for p, f in coadd_units(wc)]
+
+
+def coadd_units(wc):
+    """(patch, filter) of every coadd of the tract, in input order."""
+    return [(p, f) for p in PLAN.patches(wc.tract) for f in PLAN.filters_of_patch(wc.tract, p)]
 
 
 # --- resources ---------------------------------------------------------------------------

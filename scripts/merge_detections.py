@@ -15,5 +15,5 @@ dets = {f: read_table(p) for f, p in zip(sm.params.filters, sm.input.detections)
 wcs = read_exposure(sm.input.coadd, planes=("IMAGE",)).wcs
 merged = multiband.merge_detections(dets, wcs=wcs, match_radius_arcsec=cfg["merge_radius_arcsec"],
                                     priority=tuple(cfg["priority"]))
-write_table(sm.output[0], merged, provenance=provenance(config=cfg, inputs=list(sm.input.detections)))
+write_table(sm.output[0], merged, provenance=provenance(config=cfg, inputs=[*sm.input.detections, sm.input.coadd]))
 log.info("%d merged peaks from %s", len(merged), {f: len(d) for f, d in dets.items()})

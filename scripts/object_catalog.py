@@ -20,5 +20,6 @@ refs = {p: read_table(path) for p, path in zip(sm.params.patches, sm.input.refer
 cat = objects.build_object_catalog(forced=forced, references=refs, skymap=skymap, tract=tract.id,
                                    filters=list(sm.params.filters))
 write_table(sm.output[0], cat, meta={"tract": tract.id, "filters": list(sm.params.filters)},
-            provenance=provenance(config=sm.params.multiband, inputs=list(sm.input.forced)))
+            provenance=provenance(config=sm.params.multiband,
+                                  inputs=[*sm.input.forced, *sm.input.references]))
 log.info("tract %d: %d objects (%d stars)", tract.id, len(cat), int(cat["is_star"].sum()) if len(cat) else 0)

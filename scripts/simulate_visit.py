@@ -27,4 +27,4 @@ for ccd, raw_path, truth_path in zip(sm.params.ccds, sm.output.raw, sm.output.tr
     hdul = fits.HDUList([fits.PrimaryHDU(data=image, header=header),
                          fits.ImageHDU(data=bpm.astype("uint8"), name="BPM")])
     write_hdulist(raw_path, hdul)
-    write_json(truth_path, record)
+    write_json(truth_path, {**record, "provenance": prov})

@@ -30,3 +30,21 @@ def run_snakemake(workdir, *args, timeout=900, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """Run the demo exactly as the README does (default config), in a temporary folder, once per session.
+
+    Every workflow test module that reads the demo's outputs uses this fixture (test_workflow.py,
+    test_qa_workflow.py): the demo runs once. SKYSNAKE_DEMO_DIR=<folder of a finished demo run>
+    reuses that run (for developing the tests).
+    """
+    if os.environ.get("SKYSNAKE_DEMO_DIR"):
+        work = Path(os.environ["SKYSNAKE_DEMO_DIR"])
+        return {"dir": work, "results": work / "results",
+                "dry": run_snakemake(work, "-n", "--cores", "2", "--forceall").stdout}
+    work = tmp_path_factory.mktemp("demo")
+    dry = run_snakemake(work, "-n", "--cores", "2")
+    run_snakemake(work, "--cores", "2", timeout=1500)
+    return {"dir": work, "results": work / "results", "dry": dry.stdout}

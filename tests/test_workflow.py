@@ -4,8 +4,6 @@ The demo runs once per test session (a few minutes on 2 cores); the tests below 
 """
 
 import json
-import os
-from pathlib import Path
 import re
 
 import numpy as np
@@ -28,20 +26,7 @@ STAGES = ["simulate_sky", "simulate_visit", "ingest", "refcat", "calibrate", "re
           "object_catalog"]
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    """Run the demo exactly as the README does (default config), in a temporary folder.
-
-    SKYSNAKE_DEMO_DIR=<folder of a finished demo run> reuses that run (for developing the tests).
-    """
-    if os.environ.get("SKYSNAKE_DEMO_DIR"):
-        work = Path(os.environ["SKYSNAKE_DEMO_DIR"])
-        return {"dir": work, "results": work / "results",
-                "dry": run_snakemake(work, "-n", "--cores", "2", "--forceall").stdout}
-    work = tmp_path_factory.mktemp("demo")
-    dry = run_snakemake(work, "-n", "--cores", "2")
-    run_snakemake(work, "--cores", "2", timeout=1500)
-    return {"dir": work, "results": work / "results", "dry": dry.stdout}
+# the `demo` fixture (one run of the demo per test session) is in conftest.py
 
 
 def test_dry_run_lists_every_stage_before_anything_runs(demo):

@@ -6,3 +6,15 @@ that read and write files and call into this package.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Repo"]
+
+
+def __getattr__(name):
+    # skysnake.Repo: access to a run's outputs by data id (imported on first use: the
+    # workflow imports skysnake at parse time and should not pay for astropy.nddata)
+    if name == "Repo":
+        from .repo import Repo
+
+        return Repo
+    raise AttributeError(f"module 'skysnake' has no attribute {name!r}")
