@@ -189,6 +189,11 @@ def coadd_units(wc):
     return [(p, f) for p in PLAN.patches(wc.tract) for f in PLAN.filters_of_patch(wc.tract, p)]
 
 
+def multiband_options(*keys):
+    """Only the multiband options given, for params: a change to any other option does not rerun the job."""
+    return {k: config["multiband"][k] for k in keys}
+
+
 # --- resources ---------------------------------------------------------------------------
 def mem_mb(base):
     """Memory request growing with the attempt, so a job killed for memory is retried with more."""

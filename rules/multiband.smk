@@ -7,10 +7,6 @@
 # reruns the stages it affects and no others (Snakemake's params trigger).
 
 
-def multiband_options(*keys):
-    return {k: config["multiband"][k] for k in keys}
-
-
 rule detect:
     """Detections on one filter's coadd."""
     input:
