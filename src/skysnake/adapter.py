@@ -35,7 +35,25 @@ def setup_logging(logfile, *, name="skysnake"):
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     warnings.simplefilter("default")
-    return logging.getLogger(name)
+    log = logging.getLogger(name)
+    _log_uncaught_exceptions(log)
+    return log
+
+
+def _log_uncaught_exceptions(log):
+    """A crash (a bug, not a data problem) leaves its traceback in the job's log, where status points."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            log.critical("job failed with an uncaught %s: %s", kind.__name__, value, exc_info=(kind, value, tb))
+            for h in logging.getLogger().handlers:
+                if isinstance(h, logging.FileHandler):
+                    h.flush()
+            return  # the StreamHandler already printed it to stderr
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def set_threads(n):
