@@ -13,7 +13,7 @@ wildcard_constraints:
     visit=r"\d+",
     ccd=r"\d+",
     tract=r"\d+",
-    patch=r"\d+,\d+",
+    patch=r"\d+_\d+",
     filter=r"[A-Za-z0-9_]+",
 
 
