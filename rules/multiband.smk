@@ -26,7 +26,7 @@ rule detect:
     benchmark:
         bench_path("detect", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(350, per_mpix=40, mpix=PATCH_MPIX),
         runtime=10,
     script:
         "../scripts/detect.py"
@@ -71,7 +71,7 @@ rule measure:
     benchmark:
         bench_path("measure", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(250, per_mpix=45, mpix=PATCH_MPIX),
         runtime=10,
     script:
         "../scripts/measure.py"
@@ -115,7 +115,7 @@ rule forced_photometry:
     benchmark:
         bench_path("forced_photometry", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(250, per_mpix=45, mpix=PATCH_MPIX),
         runtime=10,
     script:
         "../scripts/forced_photometry.py"
