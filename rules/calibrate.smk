@@ -24,7 +24,7 @@ rule calibrate:
     benchmark:
         bench_path("calibrate", "{visit}-{ccd}")
     resources:
-        mem_mb=mem_mb(1500),
+        mem_mb=mem_mb(200, per_mpix=60, mpix=CCD_MPIX),
         runtime=10,
     script:
         "../scripts/calibrate.py"

@@ -18,7 +18,7 @@ rule coadd:
     benchmark:
         bench_path("coadd", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(3000),
+        mem_mb=mem_mb(600, per_mpix=45, mpix=PATCH_MPIX),
         runtime=20,
     script:
         "../scripts/coadd.py"

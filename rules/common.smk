@@ -13,7 +13,7 @@ wildcard_constraints:
     visit=r"\d+",
     ccd=r"\d+",
     tract=r"\d+",
-    patch=r"\d+,\d+",
+    patch=r"\d+_\d+",
     filter=r"[A-Za-z0-9_]+",
 
 
@@ -194,11 +194,25 @@ def multiband_options(*keys):
     return {k: config["multiband"][k] for k in keys}
 
 
-# --- resources ---------------------------------------------------------------------------
-def mem_mb(base):
-    """Memory request growing with the attempt, so a job killed for memory is retried with more."""
+# --- resources: sized from the data ------------------------------------------------------
+# Megapixels of one CCD and of one patch (outer box). For files on disk the CCD size is taken as
+# 4096 x 4096 (an LSST CCD, the largest common one), which only over-asks for smaller cameras.
+CCD_MPIX = (config["sim"]["ccd_nx"] * config["sim"]["ccd_ny"] / 1e6 if config["inputs"]["source"] == "sim"
+            else 4096 * 4096 / 1e6)
+PATCH_MPIX = (config["skymap"]["patch_inner_px"] + 2 * config["skymap"]["patch_border_px"]) ** 2 / 1e6
+MEM_HEADROOM = 1.5
+
+
+def mem_mb(base, per_mpix=0.0, mpix=0.0):
+    """Memory request (MB) sized from the data and growing with the attempt.
+
+    ``MEM_HEADROOM x (base + per_mpix x mpix) x (1 + 0.5 (attempt - 1))``: ``base`` is the process
+    (Python, imports, tables), ``per_mpix`` the MB per megapixel of the image the job holds (a CCD
+    or a patch: ``CCD_MPIX``, ``PATCH_MPIX``), both fitted to the peak RSS the demo's benchmark
+    files record (README "Running on a cluster"). A job killed for memory is retried with 50% more.
+    """
 
     def fn(wc, attempt):
-        return int(base * (1 + 0.5 * (attempt - 1)))
+        return int(MEM_HEADROOM * (base + per_mpix * mpix) * (1 + 0.5 * (attempt - 1)))
 
     return fn

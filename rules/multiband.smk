@@ -22,7 +22,7 @@ rule detect:
     benchmark:
         bench_path("detect", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(350, per_mpix=40, mpix=PATCH_MPIX),
         runtime=10,
     script:
         "../scripts/detect.py"
@@ -67,7 +67,7 @@ rule measure:
     benchmark:
         bench_path("measure", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(250, per_mpix=45, mpix=PATCH_MPIX),
         runtime=10,
     script:
         "../scripts/measure.py"
@@ -111,7 +111,7 @@ rule forced_photometry:
     benchmark:
         bench_path("forced_photometry", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(250, per_mpix=45, mpix=PATCH_MPIX),
         runtime=10,
     script:
         "../scripts/forced_photometry.py"

@@ -21,7 +21,7 @@ rule warp:
     benchmark:
         bench_path("warp", "{tract}-{patch}-{visit}")
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(250, per_mpix=30, mpix=PATCH_MPIX),
         runtime=15,
     script:
         "../scripts/warp.py"

@@ -28,3 +28,11 @@ def test_env_file_pins_equal_pyproject_pins_equal_installed():
     installed = {name: version(name) for name in py_pins}
     assert installed == py_pins
     assert any(str(d).startswith("python=3.11") for d in env["dependencies"])
+
+
+def test_test_extra_pins_are_installed():
+    """The executor plugins of the cluster profiles (and pytest) are pinned and installed at those versions."""
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    pins = _pins(extra)
+    assert {"snakemake-executor-plugin-slurm", "snakemake-executor-plugin-cluster-generic"} <= set(pins)
+    assert {name: version(name) for name in pins} == pins

@@ -236,7 +236,7 @@ def test_patch_without_data_or_detections_gives_an_empty_well_formed_catalog(no_
     kinds = {n["kind"] for n in st.notes}
     assert {"empty_refcat", "empty_coadd", "no_detections"} <= kinds
     text = status.format_status(st)
-    assert "Patches without detections (1):" in text and "log: results/logs/detect/0-0,0-r.log" in text
+    assert "Patches without detections (1):" in text and "log: results/logs/detect/0-0_0-r.log" in text
 
 
 # --- unit checks of the input guards -------------------------------------------------------------------------

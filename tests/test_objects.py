@@ -20,12 +20,12 @@ def _forced(ids, mag):
 def test_object_in_the_overlap_of_two_patches_appears_once():
     t = make_tract(id=0, ra=150.0, dec=2.0, size_deg=0.12, patch_inner=1000, patch_border=100)
     sm = SkyMap([t])
-    # the same sky position seen in patch 0,0 (x = 1050 in its outer grid) and 1,0 (x = 50 in its grid):
-    # tract x = 950, inside 0,0's inner box only.
-    refs = {"0,0": _ref(t, "0,0", [(1050, 500), (300, 300)], [0, 1]), "1,0": _ref(t, "1,0", [(50, 500)], [0])}
-    forced = {("0,0", "r"): _forced([0, 1], 20.0), ("1,0", "r"): _forced([0], 20.0)}
+    # the same sky position seen in patch 0_0 (x = 1050 in its outer grid) and 1_0 (x = 50 in its grid):
+    # tract x = 950, inside 0_0's inner box only.
+    refs = {"0_0": _ref(t, "0_0", [(1050, 500), (300, 300)], [0, 1]), "1_0": _ref(t, "1_0", [(50, 500)], [0])}
+    forced = {("0_0", "r"): _forced([0, 1], 20.0), ("1_0", "r"): _forced([0], 20.0)}
     cat = build_object_catalog(forced=forced, references=refs, skymap=sm, tract=0, filters=["g", "r"])
-    assert len(cat) == 2 and set(cat["patch"]) == {"0,0"}
+    assert len(cat) == 2 and set(cat["patch"]) == {"0_0"}
     assert cat["object_id"].is_unique
     np.testing.assert_allclose(cat["r_mag"], 20.0)
     assert cat["g_flux"].isna().all()  # g does not cover these patches
@@ -34,6 +34,6 @@ def test_object_in_the_overlap_of_two_patches_appears_once():
 
 def test_empty_catalog_has_the_columns():
     t = make_tract(id=0, ra=150.0, dec=2.0, size_deg=0.1)
-    cat = build_object_catalog(forced={}, references={"0,0": pd.DataFrame(columns=["id", "ra", "dec"])},
+    cat = build_object_catalog(forced={}, references={"0_0": pd.DataFrame(columns=["id", "ra", "dec"])},
                                skymap=SkyMap([t]), tract=0, filters=["g"])
     assert list(cat.columns) == catalog_columns(["g"]) and len(cat) == 0

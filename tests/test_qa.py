@@ -87,10 +87,10 @@ def _coadd(tract, patch, *, var, nimage, fwhm, nodata=None):
 def test_depth_maps_place_each_patch_and_follow_the_analytic_depth():
     tract = Tract(id=0, ra=150.0, dec=2.0, pixel_scale=0.2, patch_inner=60, patch_border=5, npatch_x=2, npatch_y=1)
     b = tract.patch_border
-    nodata = (slice(b, b + 30), slice(b, b + 60))  # lower half of patch 0,0's inner box: no data
-    coadds = {("0,0", "r"): _coadd(tract, "0,0", var=100.0, nimage=2, fwhm=0.8, nodata=nodata),
-              ("1,0", "r"): _coadd(tract, "1,0", var=400.0, nimage=3, fwhm=1.2),
-              ("1,0", "g"): _coadd(tract, "1,0", var=50.0, nimage=1, fwhm=1.0)}
+    nodata = (slice(b, b + 30), slice(b, b + 60))  # lower half of patch 0_0's inner box: no data
+    coadds = {("0_0", "r"): _coadd(tract, "0_0", var=100.0, nimage=2, fwhm=0.8, nodata=nodata),
+              ("1_0", "r"): _coadd(tract, "1_0", var=400.0, nimage=3, fwhm=1.2),
+              ("1_0", "g"): _coadd(tract, "1_0", var=50.0, nimage=1, fwhm=1.0)}
     maps = qa.depth_maps(coadds, tract, factor=6)
     assert maps.filters == ["g", "r"]
     m5 = maps.m5["r"]
@@ -99,15 +99,15 @@ def test_depth_maps_place_each_patch_and_follow_the_analytic_depth():
     expect1 = qa.limiting_magnitude(400.0, fwhm_arcsec=1.2, pixel_scale_arcsec=0.2)
     assert np.isnan(m5[:5, :10]).all()  # the no-data half
     assert np.allclose(m5[5:, :10], expect0)
-    assert np.allclose(m5[:, 10:], expect1)  # patch 1,0 is the right half (x increases with the patch column)
+    assert np.allclose(m5[:, 10:], expect1)  # patch 1_0 is the right half (x increases with the patch column)
     assert expect0 - expect1 == pytest.approx(2.5 * np.log10(2 * 1.5))  # twice the noise, 1.5x the FWHM
     assert np.allclose(maps.nimage["r"][5:, :10], 2) and np.allclose(maps.nimage["r"][:5, :10], 0)
-    assert np.isnan(maps.m5["g"][:, :10]).all()  # g covers only patch 1,0
+    assert np.isnan(maps.m5["g"][:, :10]).all()  # g covers only patch 1_0
     assert maps.area_deg2("r") == pytest.approx(1.5 * 60 * 60 * (0.2 / 3600) ** 2)
     assert maps.median_m5("g") == pytest.approx(qa.limiting_magnitude(50.0, fwhm_arcsec=1.0,
                                                                       pixel_scale_arcsec=0.2))
     # sky positions: the centre of each patch's inner box
-    for patch, expected in (("0,0", False), ("1,0", True)):
+    for patch, expected in (("0_0", False), ("1_0", True)):
         x0, y0, x1, y1 = tract.inner_box(patch)
         ra, dec = tract.wcs().all_pix2world([(x0 + x1) / 2 - 0.5], [(y0 + y1) / 2 + 10], 0)
         assert maps.covered("g", ra, dec)[0] == expected
@@ -115,7 +115,7 @@ def test_depth_maps_place_each_patch_and_follow_the_analytic_depth():
     back = qa.depth_maps_from_hdulist(qa.depth_maps_to_hdulist(maps, meta={"TRACT": 0}))
     assert back.factor == 6 and back.filters == maps.filters
     assert np.allclose(back.m5["r"], m5, equal_nan=True)
-    assert back.fwhm["r"] == {"0,0": 0.8, "1,0": 1.2}
+    assert back.fwhm["r"] == {"0_0": 0.8, "1_0": 1.2}
     assert np.allclose(back.wcs.all_pix2world([[3, 4]], 0), maps.wcs.all_pix2world([[3, 4]], 0))
 
 
@@ -300,19 +300,19 @@ def test_catalog_and_truth_figures_render_with_data_and_without():
 
 def test_tract_figures_and_png_provenance(tmp_path):
     tract = Tract(id=0, ra=150.0, dec=2.0, pixel_scale=0.2, patch_inner=60, patch_border=5, npatch_x=2, npatch_y=1)
-    maps = qa.depth_maps({("0,0", "r"): _coadd(tract, "0,0", var=100.0, nimage=2, fwhm=0.8),
-                          ("1,0", "r"): _coadd(tract, "1,0", var=400.0, nimage=3, fwhm=1.2)}, tract, factor=6)
+    maps = qa.depth_maps({("0_0", "r"): _coadd(tract, "0_0", var=100.0, nimage=2, fwhm=0.8),
+                          ("1_0", "r"): _coadd(tract, "1_0", var=400.0, nimage=3, fwhm=1.2)}, tract, factor=6)
     texts = _render(qaplots.plot_depth(maps, tract=tract))
-    assert any(t.startswith("r: median") for t in texts) and "1,0" in texts
+    assert any(t.startswith("r: median") for t in texts) and "1_0" in texts
     _render(qaplots.plot_coverage(maps, tract=tract))
     # a tract whose coadds are all empty (every CCD failed): maps without data, figures that say so
-    empty = qa.depth_maps({("0,0", "r"): Exposure(None, None, None, None)}, tract, factor=6)
+    empty = qa.depth_maps({("0_0", "r"): Exposure(None, None, None, None)}, tract, factor=6)
     assert np.isnan(empty.m5["r"]).all() and empty.area_deg2("r") == 0
     assert np.isnan(qa.depth_maps_from_hdulist(qa.depth_maps_to_hdulist(empty)).m5["r"]).all()
     assert "no data" in _render(qaplots.plot_depth(empty, tract=tract))
     _render(qaplots.plot_coverage(empty, tract=tract))
     rgb = np.zeros((20, 30, 3), np.uint8)
-    fig = qaplots.plot_color_composite(rgb, wcs=tract.patch_wcs("0,0"), factor=2, inner_box=(5, 5, 65, 65))
+    fig = qaplots.plot_color_composite(rgb, wcs=tract.patch_wcs("0_0"), factor=2, inner_box=(5, 5, 65, 65))
     prov = {"version": "9.9", "config_hash": "abc", "inputs": ["a.fits", "b.fits"]}
     qaplots.save_png(fig, tmp_path / "c.png", provenance=prov)
     assert file_provenance(tmp_path / "c.png") == prov

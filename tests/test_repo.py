@@ -37,7 +37,7 @@ def results(tmp_path_factory):
     """A results folder with a few outputs of each format, as the workflow writes them."""
     root = tmp_path_factory.mktemp("run") / "results"
     rng = np.random.default_rng(0)
-    for patch in ("0,0", "1,0", "1,1"):
+    for patch in ("0_0", "1_0", "1_1"):
         for f in ("g", "r"):
             shape = TRACT.patch_shape(patch)
             image = rng.normal(0, 1, shape).astype(np.float32)
@@ -48,9 +48,9 @@ def results(tmp_path_factory):
                            meta={"FILTER": f, "PATCH": patch, "FWHM": 0.8, "BUNIT": "nJy"},
                            extra={"NIMAGE": np.full(shape, 3, np.int16)})
             write_exposure(root / f"coadd/0/{patch}/coadd-0-{patch}-{f}.fits", exp, provenance=PROV)
-    write_exposure(root / "warp/0/1,1/warp-0-1,1-1001.fits", Exposure(None, None, None, None, meta={"NCCD": 0}),
+    write_exposure(root / "warp/0/1_1/warp-0-1_1-1001.fits", Exposure(None, None, None, None, meta={"NCCD": 0}),
                    provenance=PROV)
-    cat = pd.DataFrame({"object_id": [1, 2], "ra": [150.0, 150.01], "dec": [2.0, 2.01], "patch": ["0,0", "1,0"],
+    cat = pd.DataFrame({"object_id": [1, 2], "ra": [150.0, 150.01], "dec": [2.0, 2.01], "patch": ["0_0", "1_0"],
                         "g_flux": [100.0, 200.0], "g_fluxerr": [1.0, 2.0], "g_mag": [26.4, 25.6],
                         "g_flags": [0, 0], "is_star": [True, False]})
     write_table(root / "objects/objects-0.parquet", cat, meta={"tract": 0}, provenance=PROV)
@@ -70,18 +70,18 @@ def results(tmp_path_factory):
 
 def test_get_coadd_returns_ccddata_with_units_wcs_variance_and_mask(results):
     repo = skysnake.Repo(results)
-    c = repo.get("coadd", tract=0, patch="1,0", filter="r")
+    c = repo.get("coadd", tract=0, patch="1_0", filter="r")
     assert isinstance(c, CCDData)
-    assert str(c.unit) == "nJy" and c.shape == TRACT.patch_shape("1,0")
+    assert str(c.unit) == "nJy" and c.shape == TRACT.patch_shape("1_0")
     assert isinstance(c.uncertainty, VarianceUncertainty) and np.all(c.uncertainty.array == 4.0)
     assert c.mask[3, 5] and not c.mask[4, 6] and c.mask.sum() == 1  # SAT is unusable, REJECTED is not
     assert c.flags[4, 6] == masks.REJECTED
     ra, dec = c.wcs.all_pix2world([[10, 20]], 0)[0]
-    assert np.allclose([ra, dec], TRACT.patch_wcs("1,0").all_pix2world([[10, 20]], 0)[0])
+    assert np.allclose([ra, dec], TRACT.patch_wcs("1_0").all_pix2world([[10, 20]], 0)[0])
     assert c.meta["FWHM"] == 0.8 and c.meta["PROVCFG"] == PROV["config_hash"]
     # patch as a tuple, tract as a string: the same file
     assert np.array_equal(repo.get("coadd", tract="0", patch=(1, 0), filter="r").data, c.data)
-    with repo.open("coadd", tract=0, patch="1,0", filter="r") as hdul:
+    with repo.open("coadd", tract=0, patch="1_0", filter="r") as hdul:
         assert hdul["NIMAGE"].data[0, 0] == 3
 
 
@@ -107,8 +107,8 @@ def test_ids_list_existing_outputs_in_order(results):
     repo = skysnake.Repo(results)
     ids = repo.ids("coadd")
     assert len(ids) == 6
-    assert ids[0] == {"tract": 0, "patch": "0,0", "filter": "g"}
-    assert [d["patch"] for d in ids[::2]] == ["0,0", "1,0", "1,1"]  # row-major: y, then x
+    assert ids[0] == {"tract": 0, "patch": "0_0", "filter": "g"}
+    assert [d["patch"] for d in ids[::2]] == ["0_0", "1_0", "1_1"]  # row-major: y, then x
     assert repo.ids("calexp") == [] and repo.ids("tract") == [{"tract": 0}]
     assert repo.ids("summary") == [{"visit": 1001, "ccd": 2}]
 
@@ -116,26 +116,26 @@ def test_ids_list_existing_outputs_in_order(results):
 def test_errors_name_the_missing_file_and_the_ids_that_exist(results):
     repo = skysnake.Repo(results)
     with pytest.raises(FileNotFoundError) as e:
-        repo.get("coadd", tract=0, patch="0,1", filter="r")
+        repo.get("coadd", tract=0, patch="0_1", filter="r")
     msg = str(e.value)
-    assert "coadd-0-0,1-r.fits does not exist" in msg and "6 coadd outputs exist" in msg
-    assert "patch 0,0 1,0 1,1" in msg and "filter g r" in msg
+    assert "coadd-0-0_1-r.fits does not exist" in msg and "6 coadd outputs exist" in msg
+    assert "patch 0_0 1_0 1_1" in msg and "filter g r" in msg
     with pytest.raises(FileNotFoundError, match="no calexp output .* yet"):
         repo.get("calexp", visit=1001, ccd=2)
     with pytest.raises(TypeError, match="identified by tract, patch, filter; missing filter"):
-        repo.get("coadd", tract=0, patch="0,0")
+        repo.get("coadd", tract=0, patch="0_0")
     with pytest.raises(TypeError, match="unexpected filter"):
         repo.get("summary", visit=1001, ccd=2, filter="r")
     with pytest.raises(ValueError, match="unknown kind 'coad'.*coadd"):
         repo.get("coad", tract=0)
     with pytest.raises(DataError, match="empty"):
-        repo.get("warp", tract=0, patch="1,1", visit=1001)
+        repo.get("warp", tract=0, patch="1_1", visit=1001)
     with pytest.raises(FileNotFoundError, match="does not exist: is it the run's results folder"):
         skysnake.Repo(results.parent / "nowhere").get("objects", tract=0)
 
 
 def test_file_provenance_reads_every_format(results, tmp_path):
-    for rel in ("coadd/0/0,0/coadd-0-0,0-g.fits", "objects/objects-0.parquet", "calexp/1001/summary-1001-2.json",
+    for rel in ("coadd/0/0_0/coadd-0-0_0-g.fits", "objects/objects-0.parquet", "calexp/1001/summary-1001-2.json",
                 "skymap.json", "registry.sqlite", "sim/raw/1001/raw-1001-2.fits"):
         assert file_provenance(results / rel) == PROV, rel
     # a registry written without provenance, and a table without: empty values, not an error

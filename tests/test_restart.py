@@ -419,8 +419,8 @@ def test_rules_never_use_a_shell():
     "results/calexp/1000/calexp-1000-1;touch INJECTED.fits",
     "results/calexp/1000/calexp-1000-$(touch INJECTED).fits",
     "results/calexp/../../outside/calexp-1000-1.fits",
-    "results/warp/0/0,0/../../../../outside/warp-0-0,0-1000.fits",
-    "results/coadd/0/0,0/coadd-0-0,0-../../../x.fits",
+    "results/warp/0/0_0/../../../../outside/warp-0-0_0-1000.fits",
+    "results/coadd/0/0_0/coadd-0-0_0-../../../x.fits",
     "/tmp/outside/results/calexp/1000/calexp-1000-1.fits",
 ])
 def test_targets_outside_the_wildcard_patterns_match_no_rule(reference, small_cfg, target):

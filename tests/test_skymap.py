@@ -13,15 +13,15 @@ def test_patch_boxes_tile_the_tract_and_outer_boxes_overlap():
         x0, y0, x1, y1 = t.inner_box(p)
         covered[y0 // 100:y1 // 100, x0 // 100:x1 // 100] += 1
     assert (covered == 1).all()  # inner boxes tile the tract exactly once
-    a, b = t.outer_box("0,0"), t.outer_box("1,0")
+    a, b = t.outer_box("0_0"), t.outer_box("1_0")
     assert a[2] - b[0] == 200  # neighbours' outer boxes overlap by twice the border
-    assert t.patch_shape("1,1") == (2200, 2200)
+    assert t.patch_shape("1_1") == (2200, 2200)
 
 
 def test_patch_wcs_is_tract_wcs_shifted():
     t = make_tract(id=3, ra=10.0, dec=-30.0, size_deg=0.2)
-    w, wp = t.wcs(), t.patch_wcs("1,1")
-    x0, y0, _, _ = t.outer_box("1,1")
+    w, wp = t.wcs(), t.patch_wcs("1_1")
+    x0, y0, _, _ = t.outer_box("1_1")
     ra, dec = w.all_pix2world([2500.0], [2600.0], 0)
     xp, yp = wp.all_world2pix(ra, dec, 0)
     np.testing.assert_allclose([xp[0] + x0, yp[0] + y0], [2500.0, 2600.0], atol=1e-6)
@@ -63,6 +63,6 @@ def test_patches_touching_and_auto_tract():
 
 
 def test_parse_patch_rejects_bad_names():
-    assert parse_patch("1,2") == (1, 2)
-    with pytest.raises(ValueError, match="x,y"):
+    assert parse_patch("1_2") == (1, 2) == parse_patch("1,2")  # the HSC-style name is still read
+    with pytest.raises(ValueError, match="x_y"):
         parse_patch("12")

@@ -76,7 +76,7 @@ class Plan:
 
 
 def _patch_key(p):
-    x, y = p.split(",")
+    x, y = p.split("_")
     return (int(y), int(x))
 
 

@@ -2,11 +2,11 @@
 
 >>> import skysnake
 >>> repo = skysnake.Repo("results")                       # the run's results folder
->>> coadd = repo.get("coadd", tract=0, patch="1,1", filter="r")   # astropy CCDData (nJy)
+>>> coadd = repo.get("coadd", tract=0, patch="1_1", filter="r")   # astropy CCDData (nJy)
 >>> coadd.wcs, coadd.uncertainty.array, coadd.mask        # WCS, variance, unusable pixels
 >>> objects = repo.get("objects", tract=0)                # astropy Table
 >>> repo.ids("calexp")                                    # [{"visit": 1000, "ccd": 1}, ...]
->>> repo.provenance("coadd", tract=0, patch="1,1", filter="r")
+>>> repo.provenance("coadd", tract=0, patch="1_1", filter="r")
 
 Images (``calexp``, ``warp``, ``coadd``) come back as :class:`astropy.nddata.CCDData`: ``data`` in
 nJy, ``uncertainty`` the variance (:class:`~astropy.nddata.VarianceUncertainty`), ``mask`` true
@@ -53,7 +53,7 @@ KINDS = {
     "depth": ("qa/tract/{tract}/depth-{tract}.fits", "hdulist", "binned 5-sigma depth and coverage maps"),
 }
 
-_ID_REGEX = {"visit": r"\d+", "ccd": r"\d+", "tract": r"\d+", "patch": r"\d+,\d+", "filter": r"[A-Za-z0-9_]+"}
+_ID_REGEX = {"visit": r"\d+", "ccd": r"\d+", "tract": r"\d+", "patch": r"\d+_\d+", "filter": r"[A-Za-z0-9_]+"}
 _INT_IDS = ("visit", "ccd", "tract")
 
 
@@ -66,7 +66,9 @@ def _normalise(key, value):
         return int(value)
     if key == "patch" and not isinstance(value, str):
         x, y = value
-        return f"{int(x)},{int(y)}"
+        return f"{int(x)}_{int(y)}"
+    if key == "patch" and re.fullmatch(r"\s*\d+\s*,\s*\d+\s*", str(value)):  # the HSC-style "x,y"
+        return str(value).replace(" ", "").replace(",", "_")
     return str(value).replace(" ", "")
 
 
@@ -259,8 +261,8 @@ def _hdu(v):
 
 
 def _sort_key(v):
-    if isinstance(v, str) and re.fullmatch(r"\d+,\d+", v):
-        x, y = v.split(",")
+    if isinstance(v, str) and re.fullmatch(r"\d+_\d+", v):
+        x, y = v.split("_")
         return (int(y), int(x))
     return (v,) if not isinstance(v, str) else (0, v)
 

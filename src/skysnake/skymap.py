@@ -7,7 +7,7 @@ the patch whose inner box holds it) and an *outer* box (inner box plus a border
 on every side, so objects near the inner edge are measured whole). Outer boxes of
 neighbouring patches overlap by twice the border.
 
-Patch names are ``"x,y"`` (column, row) strings, as in the LSST pipelines.
+Patch names are ``"x_y"`` (column, row) strings (``"x,y"`` in the LSST/HSC pipelines; see ``patch_name``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Tract:
     @property
     def patches(self):
         """All patch names of the tract, row-major."""
-        return [f"{x},{y}" for y in range(self.npatch_y) for x in range(self.npatch_x)]
+        return [patch_name(x, y) for y in range(self.npatch_y) for x in range(self.npatch_x)]
 
     def inner_box(self, patch):
         """(x0, y0, x1, y1) of the patch's inner box in tract pixels (x1, y1 exclusive)."""
@@ -88,12 +88,22 @@ class Tract:
         }
 
 
+def patch_name(x, y):
+    """(x, y) -> the patch name ``"x_y"`` used in data ids, file names and catalogs.
+
+    Not ``"x,y"`` (the HSC convention): Snakemake cannot hand a wildcard value containing a comma
+    to a cluster job (its ``--target-jobs`` argument is split at commas), so patch-level jobs
+    would fail on Slurm and PBS. ``parse_patch`` still accepts ``"x,y"``.
+    """
+    return f"{int(x)}_{int(y)}"
+
+
 def parse_patch(patch):
-    """``"x,y"`` -> (x, y) integers."""
+    """``"x_y"`` (or the older ``"x,y"``) -> (x, y) integers."""
     try:
-        x, y = (int(v) for v in str(patch).split(","))
+        x, y = (int(v) for v in str(patch).replace(",", "_").split("_"))
     except ValueError:
-        raise ValueError(f"patch name {patch!r} is not of the form 'x,y' (e.g. '1,2')") from None
+        raise ValueError(f"patch name {patch!r} is not of the form 'x_y' (e.g. '1_2')") from None
     return x, y
 
 
