@@ -94,7 +94,7 @@ def build_rows(res, found):
                               f"matched within 1 px", g["frac_peer_matched"], "", "", ">= 0.95",
                          metrics.verdict(g["frac_peer_matched"], 0.95, ">=")])
             rows.append(["a", f"  aperture flux r={stages.SEX_APER_PX:g} px, median ours/SExtractor ({g['n_flux']})",
-                         g["flux_ratio"], "", "", "1 +- 0.01",
+                         f"{g['flux_ratio']:.4f}", "", "", "1 +- 0.01",
                          metrics.verdict(abs(g["flux_ratio"] - 1.0), 0.01, "<=")])
     if "b" in res:
         b = res["b"]
@@ -103,8 +103,9 @@ def build_rows(res, found):
                      _ratio(b["wall"], b["peer"]), "-", "-"])
         rows.append(["b", "  throughput (input Mpix/s; ratio = ours/peer)", b["throughput"],
                      b.get("peer_throughput") or sw, r, ">= 3x", metrics.verdict(r, 3.0, ">=")])
-        rows.append(["b", f"  flux of {b['flux']['n']} isolated stars, median out/in", b["flux"]["median"],
-                     b["peer_flux"]["median"] if b.get("peer_flux") else sw, "", "1 +- 0.001",
+        rows.append(["b", f"  flux of {b['flux']['n']} isolated stars (r = 12 px), median out/in",
+                     f"{b['flux']['median']:.5f}", f"{b['peer_flux']['median']:.5f}" if b.get("peer_flux") else sw, "",
+                     "1 +- 0.001",
                      metrics.verdict(abs(b["flux"]["median"] - 1.0), 0.001, "<=")])
         nin = b["noise_in"]["rms"]
         ours_rr = b["noise"]["rms"] / nin
@@ -132,7 +133,7 @@ def build_rows(res, found):
     if "e" in res:
         e = res["e"]
         for row in e["rows"]:
-            rows.append(["e", f"dry run, {row['ccds']} CCDs, {row.get('patches')} coadds, {row.get('jobs')} jobs (s)"
+            rows.append(["e", f"dry run, {row['ccds']} CCDs, {row.get('patches')} patches, {row.get('jobs')} jobs (s)"
                          + (f" {row['note']}" if row["note"] else ""), row["wall"], "", "",
                          "<= 60" if row is e["rows"][-1] else "-",
                          metrics.verdict(row["wall"], 60.0, "<=") if row is e["rows"][-1] else "-"])
@@ -190,6 +191,22 @@ def markdown(info, found, rows, res):
     return "\n".join(lines) + "\n"
 
 
+def render_saved(paths, out):
+    """Re-render the markdown table from saved ``.json`` results (no measurement)."""
+    saved = [json.loads(Path(p).read_text()) for p in paths]
+    info, found, res = saved[0]["info"], saved[0].get("found"), {}
+    for s in saved:
+        res.update(s["results"])
+        found = {k: v or (s.get("found") or {}).get(k) for k, v in (found or s.get("found") or {}).items()}
+    found = found or {p: peers.find(p) for p in ("sextractor", "swarp")}
+    md = markdown(info, found, build_rows(res, found), res)
+    print(md)
+    Path(out).write_text(md)
+    Path(out).with_suffix(".json").write_text(json.dumps({"info": info, "found": found, "results": res}, indent=1,
+                                                         default=str))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 repeat; (e) at 1k and 3k CCDs only")
@@ -198,6 +215,11 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.md")), help="markdown output")
     ap.add_argument("--work", default=None, help="folder for the benchmark CCDs (default: a folder under /tmp, kept)")
     ap.add_argument("--demo-dir", default=None, help="folder of a finished demo run for (d) and (f)")
+    ap.add_argument("--e-sizes", default="1000,3000,10000", help="(e): survey sizes in CCDs (--quick: 1000,3000)")
+    ap.add_argument("--e-timeout", type=float, default=900.0, help="(e): give up a dry run after this many s")
+    ap.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
+                    help="measure nothing: re-render --out from saved results (.json beside a results .md; stages of "
+                         "later files win, the first file's machine header is kept)")
     ap.add_argument("--demo-wall", type=float, default=None, help="that demo run's wall (s), if known")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -205,6 +227,9 @@ def main(argv=None):
     if unknown:
         ap.error(f"--only: unknown stages {sorted(unknown)} (choose from a,b,c,d,e,f)")
     repeat = args.repeat or (1 if args.quick else 5)
+    e_sizes = (1000, 3000) if args.quick else tuple(int(x) for x in args.e_sizes.split(","))
+    if args.from_json:
+        return render_saved(args.from_json, args.out)
     info = machine_info()
     found = {p: peers.find(p) for p in ("sextractor", "swarp")}
     print(f"load average at start: {info['load']}; peers: " + ", ".join(
@@ -219,7 +244,7 @@ def main(argv=None):
     runners = {"a": lambda: stages.stage_a(ctx, repeat=repeat), "b": lambda: stages.stage_b(ctx, repeat=repeat),
                "c": lambda: stages.stage_c(ctx, repeat=max(1, min(repeat, 3))),
                "d": lambda: workflow_stages.stage_d(ctx),
-               "e": lambda: workflow_stages.stage_e(ctx, sizes=(1000, 3000) if args.quick else (1000, 3000, 10000)),
+               "e": lambda: workflow_stages.stage_e(ctx, sizes=e_sizes, timeout=args.e_timeout),
                "f": lambda: workflow_stages.stage_f(ctx)}
     for s in "abcdef":
         if s in only:
@@ -231,7 +256,8 @@ def main(argv=None):
     print(md)
     Path(args.out).write_text(md)
     raw = {k: {kk: vv for kk, vv in v.items() if kk != "jobs"} for k, v in res.items()}
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"info": info, "results": raw}, indent=1, default=str))
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"info": info, "found": found, "results": raw}, indent=1,
+                                                              default=str))
     print(f"written {args.out} (and .json) in {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
     return 0
 

@@ -123,7 +123,7 @@ def stage_e(ctx, *, sizes=(1000, 3000, 10000), timeout=600):
                 raise RuntimeError(f"dry run of {n} CCDs failed:\n{p.stderr[-3000:]}")
             counts = _job_counts(p.stdout)
             rows.append({"ccds": counts.get("calibrate"), "wall": wall, "jobs": counts.get("total"),
-                         "patches": counts.get("coadd"), "warps": counts.get("warp"), "note": ""})
+                         "patches": counts.get("merge_detections"), "coadds": counts.get("coadd"), "warps": counts.get("warp"), "note": "", "counts": counts})
     ok = [r for r in rows if np.isfinite(r["wall"])]
     fit = metrics.linear_fit([r["ccds"] for r in ok], [r["wall"] for r in ok]) if len(ok) >= 2 else None
     return {"rows": rows, "fit": fit}
