@@ -138,8 +138,9 @@ def build_rows(res, found):
                          "<= 60" if row is e["rows"][-1] else "-",
                          metrics.verdict(row["wall"], 60.0, "<=") if row is e["rows"][-1] else "-"])
         if e["fit"]:
-            rows.append(["e", "  slope (s per 1000 CCDs); worst deviation from a line", e["fit"]["slope"] * 1000,
-                         "", e["fit"]["max_rel_resid"], "linear", "-"])
+            n_ok = sum(1 for r in e["rows"] if r["wall"] == r["wall"])
+            rows.append(["e", f"  slope (s per 1000 CCDs); worst deviation from a line ({n_ok} sizes)",
+                         e["fit"]["slope"] * 1000, "", e["fit"]["max_rel_resid"] if n_ok >= 3 else "-", "linear", "-"])
     if "f" in res:
         f = res["f"]
         if "n_jobs" in f:
@@ -186,8 +187,11 @@ def markdown(info, found, rows, res):
                      + "; ".join(f"{k} {v['n']}, {v['s']:.0f}, {v['cpu']:.0f}, {v['compute']:.0f}"
                                  for k, v in sorted(d["by_rule"].items(), key=lambda kv: -kv[1]["s"])) + ".")
     if "f" in res:
-        lines.append("(f) 20-visit coadd steps (s): "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in res["f"]["coadd20"]["steps"].items()) + ".")
+        c20 = res["f"]["coadd20"]
+        lines.append("(f) 20-visit coadd steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in c20["steps"].items())
+                     + (". Right after the coadd: RSS {rss_mb:.0f} MB, of which shared (file-backed, e.g. memory-mapped "
+                        "warp pages) {shared_mb:.0f} MB; peak so far {peak_so_far_mb:.0f} MB".format(**c20["after_coadd"])
+                        if "after_coadd" in c20 else "") + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -26,6 +27,9 @@ t["read"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 result = coadd.coadd_warps(warps, shape=shape, wcs=WCS(hdr), reject_sigma=5.0)
 t["coadd"] = time.perf_counter() - t0
+mi = psutil.Process().memory_info()  # file-backed (memory-mapped warp) pages are in rss and in shared
+after_coadd = {"rss_mb": mi.rss / 2**20, "shared_mb": mi.shared / 2**20, "peak_so_far_mb":
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 t0 = time.perf_counter()
 bkg = multiband.estimate_background(result)
 result.image -= np.asarray(bkg, dtype=np.float32)
@@ -33,5 +37,5 @@ t["background"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 write_exposure(out, result)
 t["write"] = time.perf_counter() - t0
-print(json.dumps({"nwarps": len(paths), "shape": list(shape), "steps": t,
+print(json.dumps({"nwarps": len(paths), "shape": list(shape), "steps": t, "after_coadd": after_coadd,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
