@@ -104,7 +104,14 @@ DEFAULTS = {
                                      # neighbours in the annulus bias and scatter the zeropoint; use only
                                      # if the global background is poor on scales < bkg_mesh)
     "colour_terms": {},              # {filter: {"primary": b1, "secondary": b2, "coeffs": [c0, c1, ...]}}
+    # fallback
+    "header_fallback": False,        # too few reference stars (or none): keep the header WCS and take the camera's
+                                     # zeropoint (instrument.keywords.zeropoint, e.g. DECam MAGZERO; SDSS frames'
+                                     # calibration) instead of failing the CCD; the summary says calib_method "header"
 }
+
+#: Error codes of the astrometric/photometric calibration after which ``header_fallback`` applies.
+FALLBACK_CODES = ("empty_refcat", "few_refstars", "no_match", "few_photstars", "no_refmags")
 
 _F = detection.FLAGS
 #: flags that exclude a source from the PSF and aperture-correction stars (anything masked nearby)
@@ -215,7 +222,7 @@ def _ref_errors(refcat, n, mjd):
 
 
 def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read_noise, saturation, bpm=None,
-                  config=None) -> CalibResult:
+                  config=None, variance=None, header_zeropoint=None) -> CalibResult:
     """Calibrate one CCD.
 
     Parameters
@@ -238,6 +245,13 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         Bad-pixel map (non-zero = bad).
     config : dict, optional
         Options overriding :data:`DEFAULTS`.
+    variance : ndarray, optional
+        The camera's own variance of the sky and detector (ADU^2, e.g. from an inverse-variance
+        weight map; non-finite or <= 0 where unusable). Used instead of the modelled one where
+        usable, plus the sources' Poisson term.
+    header_zeropoint : float, optional
+        The camera's zeropoint (mag of 1 ADU), used with the header WCS when ``header_fallback``
+        is on and the reference stars are too few (codes :data:`FALLBACK_CODES`).
 
     Returns
     -------
@@ -303,6 +317,10 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
 
     sub = image - bkg.back
     sky_var = ccdproc.variance_plane(bkg.back, bkg.back, gain=gain, read_noise=read_noise)
+    if variance is not None:  # the camera's variance (sky + detector) where it has one, plus the sources' Poisson
+        good = np.isfinite(variance) & (variance > 0)
+        sky_var = np.where(good, variance, sky_var).astype(np.float32)
+        var = np.where(good, variance + np.maximum(sub, 0.0) / np.float32(gain), var).astype(np.float32)
     if nodata.any():
         sub[nodata] = 0.0
         var[nodata] = sky_var[nodata]
@@ -371,51 +389,64 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     phot_apc = aperture_correction(phot_r)  # zeropoint stars
     timer.lap("psf")
 
-    # 5. astrometry -----------------------------------------------------------------------------------------
-    ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
-    ref_err = _ref_errors(refcat, len(ref_ra), mjd)
-    flags = cat["flags"].to_numpy()
-    snr = cat["snr"].to_numpy()
-    ast_ok = ((flags & _BAD_FOR_CALIB) == 0) & (snr >= cfg["astrom_min_snr"])
-    ast_ok &= _core_clean(mask, cat, ast_ok, radius=max(fwhm_px, 2.0))
-    ast_idx = np.flatnonzero(ast_ok)
-    src_err = 0.4 * fwhm_px / np.maximum(snr[ast_idx], 1.0) * pixscale
-    ast = astrometry.fit_astrometry(
-        cat["x"].to_numpy()[ast_idx], cat["y"].to_numpy()[ast_idx], ref_ra, ref_dec, header_wcs=header_wcs,
-        shape=image.shape, src_err=src_err, src_rank=cat["flux_calib"].to_numpy()[ast_idx], ref_err=ref_err,
-        search_radius=cfg["astrom_search_radius"], vote_bin=cfg["astrom_vote_bin"],
-        match_radii=cfg["astrom_match_radii"], final_radius=cfg["astrom_final_radius"], order=cfg["sip_order"],
-        inv_order=cfg["sip_inv_order"], clip=cfg["astrom_clip"], niter=cfg["astrom_niter"],
-        min_matches=cfg["min_astrom_stars"], floor=cfg["astrom_sys_err"],
-        radial_min_stars=cfg["astrom_radial_min_stars"])
-    wcs = ast.wcs
-    timer.lap("astrometry")
+    try:
+        if len(refcat) == 0:
+            raise DataError("the reference catalog has no star in this CCD's tract", code="empty_refcat")
+        # 5. astrometry -----------------------------------------------------------------------------------------
+        ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
+        ref_err = _ref_errors(refcat, len(ref_ra), mjd)
+        flags = cat["flags"].to_numpy()
+        snr = cat["snr"].to_numpy()
+        ast_ok = ((flags & _BAD_FOR_CALIB) == 0) & (snr >= cfg["astrom_min_snr"])
+        ast_ok &= _core_clean(mask, cat, ast_ok, radius=max(fwhm_px, 2.0))
+        ast_idx = np.flatnonzero(ast_ok)
+        src_err = 0.4 * fwhm_px / np.maximum(snr[ast_idx], 1.0) * pixscale
+        ast = astrometry.fit_astrometry(
+            cat["x"].to_numpy()[ast_idx], cat["y"].to_numpy()[ast_idx], ref_ra, ref_dec, header_wcs=header_wcs,
+            shape=image.shape, src_err=src_err, src_rank=cat["flux_calib"].to_numpy()[ast_idx], ref_err=ref_err,
+            search_radius=cfg["astrom_search_radius"], vote_bin=cfg["astrom_vote_bin"],
+            match_radii=cfg["astrom_match_radii"], final_radius=cfg["astrom_final_radius"], order=cfg["sip_order"],
+            inv_order=cfg["sip_inv_order"], clip=cfg["astrom_clip"], niter=cfg["astrom_niter"],
+            min_matches=cfg["min_astrom_stars"], floor=cfg["astrom_sys_err"],
+            radial_min_stars=cfg["astrom_radial_min_stars"])
+        wcs = ast.wcs
+        timer.lap("astrometry")
 
-    # 6. photometric calibration -------------------------------------------------------------------------------
-    ref_mag, ref_magerr = photocal.reference_magnitudes(refcat, filter, colour_terms=cfg["colour_terms"])
-    m_src = ast_idx[ast.src_index[ast.used]]
-    m_ref = ast.ref_index[ast.used]
-    peak_tot = cat["peak"].to_numpy()[m_src] + cat["sky_adu"].to_numpy()[m_src]
-    ok = ((snr[m_src] >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
-          & np.isfinite(ref_mag[m_ref]) & (np.nan_to_num(ref_magerr[m_ref], nan=9.0) <= cfg["phot_max_magerr"]))
-    p_src, p_ref = m_src[ok], m_ref[ok]
-    xs, ys = cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src]
-    f_zp, fe_zp = detection.fixed_aperture_flux(sub, xs, ys, phot_r, variance=var, mask=unusable)
-    if cfg["phot_local_sky"]:
-        lsky = detection.local_background(sub, xs, ys, r_in=annulus[0], r_out=annulus[1], mask=unusable)
-        lsky = np.where(np.isfinite(lsky), lsky, 0.0)
-        area = np.pi * phot_r**2
-        f_zp = f_zp - lsky * area
-        # noise of the annulus mean, scaled to the aperture
-        sky_sig = bkg.rms[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
-        fe_zp = np.hypot(fe_zp, sky_sig / np.sqrt(np.pi * (annulus[1]**2 - annulus[0]**2)) * area)
-    a_zp = phot_apc["apcorr"]
-    zpr = photocal.fit_zeropoint(f_zp * a_zp, fe_zp * a_zp, ref_mag[p_ref], ref_magerr[p_ref],
-                                 clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"], sys_err=cfg["phot_sys_err"])
-    zp = zpr.zp
-    # the aperture correction's error is common to every star
-    zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
-    timer.lap("photometry")
+        # 6. photometric calibration -------------------------------------------------------------------------------
+        ref_mag, ref_magerr = photocal.reference_magnitudes(refcat, filter, colour_terms=cfg["colour_terms"])
+        m_src = ast_idx[ast.src_index[ast.used]]
+        m_ref = ast.ref_index[ast.used]
+        peak_tot = cat["peak"].to_numpy()[m_src] + cat["sky_adu"].to_numpy()[m_src]
+        ok = ((snr[m_src] >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
+              & np.isfinite(ref_mag[m_ref]) & (np.nan_to_num(ref_magerr[m_ref], nan=9.0) <= cfg["phot_max_magerr"]))
+        p_src, p_ref = m_src[ok], m_ref[ok]
+        xs, ys = cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src]
+        f_zp, fe_zp = detection.fixed_aperture_flux(sub, xs, ys, phot_r, variance=var, mask=unusable)
+        if cfg["phot_local_sky"]:
+            lsky = detection.local_background(sub, xs, ys, r_in=annulus[0], r_out=annulus[1], mask=unusable)
+            lsky = np.where(np.isfinite(lsky), lsky, 0.0)
+            area = np.pi * phot_r**2
+            f_zp = f_zp - lsky * area
+            # noise of the annulus mean, scaled to the aperture
+            sky_sig = bkg.rms[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
+            fe_zp = np.hypot(fe_zp, sky_sig / np.sqrt(np.pi * (annulus[1]**2 - annulus[0]**2)) * area)
+        a_zp = phot_apc["apcorr"]
+        zpr = photocal.fit_zeropoint(f_zp * a_zp, fe_zp * a_zp, ref_mag[p_ref], ref_magerr[p_ref],
+                                     clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"], sys_err=cfg["phot_sys_err"])
+        zp = zpr.zp
+        # the aperture correction's error is common to every star
+        zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
+        timer.lap("photometry")
+        method, fallback_reason = "refcat", ""
+    except DataError as err:
+        if not (cfg["header_fallback"] and err.code in FALLBACK_CODES and header_zeropoint is not None):
+            raise
+        method, fallback_reason = "header", f"{err.code}: {err}"
+        ast, zpr, wcs = _HeaderAstrometry(), _HeaderZeropoint(), header_wcs
+        zp, zp_err, a_zp = float(header_zeropoint), float("nan"), phot_apc["apcorr"]
+        m_src = p_src = np.zeros(0, dtype=np.int64)
+        ast_idx = np.zeros(0, dtype=np.int64)
+        timer.lap("fallback")
 
     # 7. outputs ---------------------------------------------------------------------------------------------------
     njy = float(units.nJy_per_adu(zp))
@@ -453,6 +484,8 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     timer.lap("output")
     summary = {
         "status": "ok",
+        "calib_method": method,
+        "fallback_reason": fallback_reason,
         "filter": str(filter),
         "mjd": float(mjd),
         "exptime": float(exptime),
@@ -476,7 +509,7 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         "phot_apcorr_method": phot_apc["method"],
         "astrom_rms_arcsec": float(ast.rms),
         "astrom_offset_arcsec": [float(v) for v in ast.offset],
-        "astrom_model": "radial" if ast.info["order"] == "radial" else f"poly{ast.info['order']}",
+        "astrom_model": ast.info["order"] if ast.info["order"] in ("radial", "header") else f"poly{ast.info['order']}",
         "astrom_match_radius": float(ast.match_radius),
         "astrom_inv_maxerr_px": float(ast.info["inv_maxerr_px"]),
         "n_astrom": int(ast.n_used),
@@ -495,6 +528,27 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     }
     summary["timing"]["total"] = round(sum(timer.times.values()), 4)
     return CalibResult(exposure=exposure, sources=sources, summary=summary)
+
+
+class _HeaderAstrometry:
+    """Stands in for the astrometric fit when the header WCS is kept (``header_fallback``)."""
+
+    rms = float("nan")
+    n_used = 0
+    offset = (0.0, 0.0)
+    match_radius = float("nan")
+    info = {"order": "header", "inv_maxerr_px": float("nan"), "n_ref_on_ccd": 0}
+    src_index = np.zeros(0, dtype=np.int64)
+    ref_index = np.zeros(0, dtype=np.int64)
+    used = np.zeros(0, dtype=bool)
+
+
+class _HeaderZeropoint:
+    """Stands in for the zeropoint fit when the camera's zeropoint is kept (``header_fallback``)."""
+
+    n = 0
+    rms = float("nan")
+    used = np.zeros(0, dtype=np.int64)
 
 
 def source_columns(config=None):
