@@ -39,7 +39,7 @@ try:
             raw.image, header_wcs=raw.wcs, refcat=refcat, filter=meta["filter"], mjd=meta["mjd"],
             exptime=meta["exptime"], gain=meta["gain"], read_noise=meta["read_noise"],
             saturation=meta["saturation"], bpm=raw.bpm, config=sm.params.calibrate, variance=raw.variance,
-            header_zeropoint=meta.get("zeropoint"))
+            header_zeropoint=meta.get("zeropoint"), header_fwhm_px=meta.get("fwhm_px"))
     result.exposure.meta.update({"VISIT": ids["visit"], "CCD": ids["ccd"]})
     with timed(log, "write"):
         write_exposure(sm.output.calexp, result.exposure, provenance=prov)

@@ -222,7 +222,7 @@ def _ref_errors(refcat, n, mjd):
 
 
 def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read_noise, saturation, bpm=None,
-                  config=None, variance=None, header_zeropoint=None) -> CalibResult:
+                  config=None, variance=None, header_zeropoint=None, header_fwhm_px=None) -> CalibResult:
     """Calibrate one CCD.
 
     Parameters
@@ -251,7 +251,12 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         usable, plus the sources' Poisson term.
     header_zeropoint : float, optional
         The camera's zeropoint (mag of 1 ADU), used with the header WCS when ``header_fallback``
-        is on and the reference stars are too few (codes :data:`FALLBACK_CODES`).
+        is on and the reference stars are too few (codes :data:`FALLBACK_CODES`). Without one, the
+        zeropoint comes from the reference stars placed by the header WCS (``calib_method`` "header_wcs";
+        at least ``min_phot_stars``), else the CCD fails.
+    header_fwhm_px : float, optional
+        The camera's seeing FWHM (px), used as the PSF (a Moffat) when ``header_fallback`` is on and
+        no PSF star is found.
 
     Returns
     -------
@@ -357,14 +362,20 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
                                            bad_flags=_BAD_FOR_PSF, max_stars=cfg["psf_max_stars"])
         if stars.sum() >= cfg["apcorr_min_stars"]:
             break
-    if not stars.any():
-        raise DataError("no bright, isolated, unsaturated point source found to measure the PSF; check the "
-                        "saturation level, the focus and psf_min_snr", code="no_psf_stars")
     unusable = (mask & masks.UNUSABLE) != 0
-    # fit weights from the sky variance plus a smoothed (3x3) source term: weights computed from each pixel's own
-    # noisy value (``var``) favour low pixels and bias the Moffat beta high (wings too faint by ~0.1% of the flux)
-    psf_var = sky_var + np.maximum(ndimage.uniform_filter(sub, 3), 0.0) / np.float32(gain)
-    psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=psf_var)
+    if not stars.any():
+        if not (cfg["header_fallback"] and header_fwhm_px):
+            raise DataError("no bright, isolated, unsaturated point source found to measure the PSF; check the "
+                            "saturation level, the focus and psf_min_snr", code="no_psf_stars")
+        # the camera's seeing, as a Moffat of the default beta (header_fallback)
+        beta = 4.765
+        psf = {"fwhm": float(header_fwhm_px), "beta": beta, "n": 0,
+               "alpha": float(header_fwhm_px) / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))}
+    else:
+        # fit weights from the sky variance plus a smoothed (3x3) source term: weights computed from each pixel's
+        # own noisy value (``var``) favour low pixels and bias the Moffat beta high (wings too faint by ~0.1%)
+        psf_var = sky_var + np.maximum(ndimage.uniform_filter(sub, 3), 0.0) / np.float32(gain)
+        psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=psf_var)
     fwhm_px = psf["fwhm"]
     phot_r = max(cfg["phot_aper_fwhm"] * fwhm_px, 2.0)
     r_tot = max(cfg["apcorr_total_fwhm"] * fwhm_px, 1.5 * max(calib_r, phot_r))
@@ -439,13 +450,22 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         timer.lap("photometry")
         method, fallback_reason = "refcat", ""
     except DataError as err:
-        if not (cfg["header_fallback"] and err.code in FALLBACK_CODES and header_zeropoint is not None):
+        if not (cfg["header_fallback"] and err.code in FALLBACK_CODES):
             raise
         method, fallback_reason = "header", f"{err.code}: {err}"
         ast, zpr, wcs = _HeaderAstrometry(), _HeaderZeropoint(), header_wcs
-        zp, zp_err, a_zp = float(header_zeropoint), float("nan"), phot_apc["apcorr"]
+        a_zp = phot_apc["apcorr"]
         m_src = p_src = np.zeros(0, dtype=np.int64)
         ast_idx = np.zeros(0, dtype=np.int64)
+        if header_zeropoint is not None:
+            zp, zp_err = float(header_zeropoint), float("nan")
+        else:  # no camera zeropoint: the few reference stars, placed by the header WCS
+            zpr, p_src = _zeropoint_on_header_wcs(sub, var, unusable, cat, snr, refcat, header_wcs, mjd=mjd,
+                                                  filter=filter, phot_r=phot_r, apcorr=a_zp, saturation=saturation,
+                                                  cfg=cfg, err=err)
+            zp = zpr.zp
+            zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
+            method = "header_wcs"
         timer.lap("fallback")
 
     # 7. outputs ---------------------------------------------------------------------------------------------------
@@ -528,6 +548,38 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     }
     summary["timing"]["total"] = round(sum(timer.times.values()), 4)
     return CalibResult(exposure=exposure, sources=sources, summary=summary)
+
+
+def _zeropoint_on_header_wcs(sub, var, unusable, cat, snr, refcat, header_wcs, *, mjd, filter, phot_r, apcorr,
+                             saturation, cfg, err):
+    """Zeropoint from reference stars matched (within 1.5") to sources placed by the header WCS."""
+    from astropy.coordinates import SkyCoord
+
+    fail = DataError(f"{err} - and no camera zeropoint (instrument.keywords.zeropoint) to fall back on",
+                     code=err.code)
+    if len(refcat) == 0 or len(cat) == 0:
+        raise fail
+    try:
+        ref_mag, ref_magerr = photocal.reference_magnitudes(refcat, filter, colour_terms=cfg["colour_terms"])
+    except DataError:
+        raise fail from None
+    ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
+    ra, dec = header_wcs.all_pix2world(cat["x"].to_numpy(), cat["y"].to_numpy(), 0)
+    idx, sep, _ = SkyCoord(ra, dec, unit="deg").match_to_catalog_sky(SkyCoord(ref_ra, ref_dec, unit="deg"))
+    peak_tot = cat["peak"].to_numpy() + cat["sky_adu"].to_numpy()
+    ok = ((sep.arcsec < 1.5) & (snr >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
+          & np.isfinite(ref_mag[idx]) & (np.nan_to_num(ref_magerr[idx], nan=9.0) <= cfg["phot_max_magerr"])
+          & ((cat["flags"].to_numpy() & _BAD_FOR_CALIB) == 0))
+    p_src = np.flatnonzero(ok)
+    f, fe = detection.fixed_aperture_flux(sub, cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src], phot_r,
+                                          variance=var, mask=unusable)
+    try:
+        zpr = photocal.fit_zeropoint(f * apcorr, fe * apcorr, ref_mag[idx[p_src]], ref_magerr[idx[p_src]],
+                                     clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"],
+                                     sys_err=cfg["phot_sys_err"])
+    except DataError:
+        raise fail from None
+    return zpr, p_src
 
 
 class _HeaderAstrometry:

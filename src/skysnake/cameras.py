@@ -14,7 +14,8 @@ mapping cannot express live here too:
 * ``decam``: DECam community-pipeline products: ``ooi`` image, ``oow`` inverse-variance weight
   and ``ood`` data-quality mask found by file name; every image HDU is a CCD (one calibrate
   job per HDU); keywords from the primary header and the CCD's extension; zeropoint hint
-  ``MAGZERO``; gain and saturation from amplifier A.
+  ``MAGZERO``; seeing ``FWHM`` (px); gain and saturation from amplifier A. A visit's files need
+  not hold every CCD of the camera (``complete_visits: false``: no CCD is reported missing).
 * ``generic``: one CCD per file (or HDU), keywords FILTER, EXPTIME, MJD-OBS, GAIN, RDNOISE,
   SATURATE, EXPNUM (visit), CCDNUM (ccd).
 """
@@ -39,6 +40,7 @@ PRESETS = {
                      "read_noise": "RDNOISE", "saturation": "SATURATE", "visit": "EXPNUM", "ccd": "CCDNUM",
                      "zeropoint": "MAGZERO"},
         "defaults": {"gain": 1.0, "read_noise": 5.0, "saturation": 65000.0},
+        "complete_visits": True,
     },
     "sdss": {
         "image_hdu": 0,
@@ -46,6 +48,7 @@ PRESETS = {
                      "read_noise": "RDNOISE", "saturation": "SATURATE", "visit": "RUN", "ccd": "CAMCOL",
                      "zeropoint": "ZPHINT"},
         "defaults": {"gain": 4.7, "read_noise": 6.0, "saturation": 60000.0},
+        "complete_visits": True,
     },
     "decam": {
         "image_hdu": "all",
@@ -55,8 +58,9 @@ PRESETS = {
         "mask_file": ["_ooi_", "_ood_"],
         "keywords": {"filter": "FILTER", "exptime": "EXPTIME", "mjd": "MJD-OBS", "gain": "GAINA",
                      "read_noise": "RDNOISEA", "saturation": "SATURATA", "visit": "EXPNUM", "ccd": "CCDNUM",
-                     "zeropoint": "MAGZERO"},
+                     "zeropoint": "MAGZERO", "fwhm": "FWHM"},
         "defaults": {"gain": 4.0, "read_noise": 7.0, "saturation": 40000.0},
+        "complete_visits": False,
     },
 }
 

@@ -89,7 +89,8 @@ def input_index(config, *, raw_sim_pattern):
         if index.empty:
             raise ConfigError(f"inputs.paths: no usable input CCDs in {config['inputs']['paths']} "
                               f"({len(skipped)} files skipped; see the messages above)")
-        problems = input_problems(index, skipped)
+        problems = input_problems(index, skipped,
+                                  complete_visits=merged_instrument(config["instrument"]).get("complete_visits", True))
         for r in problems[problems["code"] == "missing"].itertuples(index=False):
             print(f"skysnake ingest: {r.reason}")
         return index, problems
@@ -101,7 +102,7 @@ def empty_problems():
                          for c in PROBLEM_COLUMNS})
 
 
-def input_problems(index, skipped):
+def input_problems(index, skipped, *, complete_visits=True):
     """CCDs that will not be calibrated, with the reason: skipped files and CCDs missing from a visit.
 
     Parameters
@@ -117,7 +118,8 @@ def input_problems(index, skipped):
     pandas.DataFrame
         :data:`PROBLEM_COLUMNS`, one row per skipped file and one per (visit, ccd) missing on disk: the
         camera's CCDs are taken to be every CCD number seen in any visit, so a visit lacking one of them
-        (deleted, not copied, or unreadable) gets ``code="missing"``.
+        (deleted, not copied, or unreadable) gets ``code="missing"`` - unless ``complete_visits`` is
+        False (the instrument's ``complete_visits``: e.g. DECam cutouts, one CCD of each exposure).
     """
     filt = dict(zip(index["visit"], index["filter"]))
     rows = []
@@ -131,7 +133,7 @@ def input_problems(index, skipped):
     camera = set(index["ccd"]) | {c for _, c in known}
     have = set(zip(index["visit"], index["ccd"])) | known
     unreadable = [r.path for r in skipped.itertuples(index=False) if int(r.visit) < 0 and r.code != "duplicate"]
-    for v in sorted(set(index["visit"]) | {v for v, _ in known}):
+    for v in sorted(set(index["visit"]) | {v for v, _ in known}) if complete_visits else []:
         for c in sorted(camera):
             if (v, c) in have:
                 continue

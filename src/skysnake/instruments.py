@@ -34,8 +34,9 @@ DEFAULTS = {
     "filter_first_word": None,
     "weight_file": None,
     "mask_file": None,
+    "complete_visits": None,
     "keywords": {k: None for k in ("filter", "exptime", "mjd", "gain", "read_noise", "saturation", "visit", "ccd",
-                                   "zeropoint")},
+                                   "zeropoint", "fwhm")},
     "defaults": {"gain": None, "read_noise": None, "saturation": None},
 }
 
@@ -125,6 +126,11 @@ def header_meta(header, instrument, *, path="?"):
         meta["zeropoint"] = float(zp) if zp is not None and np.isfinite(float(zp)) and float(zp) > 0 else None
     except (TypeError, ValueError):
         meta["zeropoint"] = None
+    fwhm = header.get(kw["fwhm"]) if kw.get("fwhm") else None
+    try:
+        meta["fwhm_px"] = float(fwhm) if fwhm is not None and float(fwhm) > 0 else None
+    except (TypeError, ValueError):
+        meta["fwhm_px"] = None
     if not _SAFE_NAME.fullmatch(meta["filter"]):
         # the filter name becomes part of output file names: never let a header write elsewhere
         raise DataError(f"{path}: filter name {meta['filter']!r} (keyword {kw['filter']!r}) is not a plain name "

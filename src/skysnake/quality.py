@@ -48,7 +48,7 @@ def select_ccds(summaries, *, cuts=None):
             reason = f"calibration failed: {s.get('reason', 'unknown')}"
         elif not s.get("seeing_arcsec") or s["seeing_arcsec"] > c["max_seeing_arcsec"]:
             reason = f"seeing {s.get('seeing_arcsec')} arcsec > max_seeing_arcsec {c['max_seeing_arcsec']}"
-        elif s.get("calib_method") == "header":
+        elif str(s.get("calib_method")).startswith("header"):
             pass  # header WCS and camera zeropoint (calibrate.header_fallback): no fit to judge
         elif not _finite(s.get("astrom_rms_arcsec")) or s["astrom_rms_arcsec"] > c["max_astrom_rms_arcsec"]:
             reason = (f"astrometric rms {s.get('astrom_rms_arcsec')} arcsec > max_astrom_rms_arcsec "
