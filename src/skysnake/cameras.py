@@ -9,7 +9,8 @@ mapping cannot express live here too:
   (SDSS data model), so the workflow calibrates counts like any camera's. The frame's own
   calibration gives a zeropoint hint (``22.5 - 2.5 log10(median calib)``, the AB magnitude of
   one count). SDSS scans: each filter of a field is its own visit,
-  ``visit = (run * 1000 + field) * 10 + filter index (ugriz)``, ``ccd = camcol``. A file holding
+  ``visit = (run * 1000 + field) * 10 + filter index (ugriz)``, ``ccd = camcol`` (a visit holds only
+  the camcols whose frames are given: ``complete_visits: false``). A file holding
   counts only (HDU 0, no calibration HDUs) is read as counts, without a zeropoint hint.
 * ``decam``: DECam community-pipeline products: ``ooi`` image, ``oow`` inverse-variance weight
   and ``ood`` data-quality mask found by file name; every image HDU is a CCD (one calibrate
@@ -48,7 +49,7 @@ PRESETS = {
                      "read_noise": "RDNOISE", "saturation": "SATURATE", "visit": "RUN", "ccd": "CAMCOL",
                      "zeropoint": "ZPHINT"},
         "defaults": {"gain": 4.7, "read_noise": 6.0, "saturation": 60000.0},
-        "complete_visits": True,
+        "complete_visits": False,  # a visit is one camcol's frame of one filter: other camcols are other fields
     },
     "decam": {
         "image_hdu": "all",
