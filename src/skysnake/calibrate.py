@@ -552,7 +552,11 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
 
 def _zeropoint_on_header_wcs(sub, var, unusable, cat, snr, refcat, header_wcs, *, mjd, filter, phot_r, apcorr,
                              saturation, cfg, err):
-    """Zeropoint from reference stars matched (within 1.5") to sources placed by the header WCS."""
+    """Zeropoint from reference stars matched (within 1.5") to sources placed by the header WCS.
+
+    The header's pointing error is taken out first: the median offset between each reference star and the
+    nearest bright source within ``astrom_search_radius``.
+    """
     from astropy.coordinates import SkyCoord
 
     fail = DataError(f"{err} - and no camera zeropoint (instrument.keywords.zeropoint) to fall back on",
@@ -565,9 +569,19 @@ def _zeropoint_on_header_wcs(sub, var, unusable, cat, snr, refcat, header_wcs, *
         raise fail from None
     ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
     ra, dec = header_wcs.all_pix2world(cat["x"].to_numpy(), cat["y"].to_numpy(), 0)
-    idx, sep, _ = SkyCoord(ra, dec, unit="deg").match_to_catalog_sky(SkyCoord(ref_ra, ref_dec, unit="deg"))
+    refc = SkyCoord(ref_ra, ref_dec, unit="deg")
+    bright = snr >= cfg["phot_min_snr"]
+    # the header's pointing error: median offset of the bright sources nearest each reference star
+    if bright.any():
+        near, d, _ = refc.match_to_catalog_sky(SkyCoord(ra[bright], dec[bright], unit="deg"))
+        close = d.arcsec < cfg["astrom_search_radius"]
+        if close.any():
+            dra = np.median((ra[bright][near[close]] - ref_ra[close]) * np.cos(np.radians(ref_dec[close])))
+            ra = ra - dra / np.cos(np.radians(dec))
+            dec = dec - np.median(dec[bright][near[close]] - ref_dec[close])
+    idx, sep, _ = SkyCoord(ra, dec, unit="deg").match_to_catalog_sky(refc)
     peak_tot = cat["peak"].to_numpy() + cat["sky_adu"].to_numpy()
-    ok = ((sep.arcsec < 1.5) & (snr >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
+    ok = ((sep.arcsec < 1.5) & bright & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
           & np.isfinite(ref_mag[idx]) & (np.nan_to_num(ref_magerr[idx], nan=9.0) <= cfg["phot_max_magerr"])
           & ((cat["flags"].to_numpy() & _BAD_FOR_CALIB) == 0))
     p_src = np.flatnonzero(ok)

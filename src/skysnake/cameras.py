@@ -9,7 +9,8 @@ mapping cannot express live here too:
   (SDSS data model), so the workflow calibrates counts like any camera's. The frame's own
   calibration gives a zeropoint hint (``22.5 - 2.5 log10(median calib)``, the AB magnitude of
   one count). SDSS scans: each filter of a field is its own visit,
-  ``visit = (run * 1000 + field) * 10 + filter index (ugriz)``, ``ccd = camcol`` (a visit holds only
+  ``visit = (run * 1000 + FRAME) * 10 + filter index (ugriz)`` (``FRAME``: the header's frame sequence
+  of that filter's CCD, which differs between filters of one field), ``ccd = camcol`` (a visit holds only
   the camcols whose frames are given: ``complete_visits: false``). A file holding
   counts only (HDU 0, no calibration HDUs) is read as counts, without a zeropoint hint.
 * ``decam``: DECam community-pipeline products: ``ooi`` image, ``oow`` inverse-variance weight
