@@ -3,7 +3,8 @@
 Inputs: ``raw`` (the raw CCD file), ``refcat`` (the tract's reference catalog).
 Outputs: ``calexp`` (FITS: IMAGE in nJy, MASK, VARIANCE, fitted TAN-SIP WCS),
 ``sources`` (parquet), ``summary`` (JSON sidecar gathered by the registry).
-Config: ``calibrate.*`` (detection, matching, fitting options), ``instrument.*``.
+Config: ``calibrate.*`` (detection, matching, fitting options; ``header_fallback``), ``instrument.*``
+(the preset: how to read the raw file, its weight and mask files, the zeropoint and seeing hints).
 
 A data problem (unreadable file, no WCS, blank or saturated image, too few reference stars)
 does not fail the job: the CCD is written as failed (empty calexp, empty source
