@@ -4,7 +4,7 @@
 import json
 
 from skysnake import plan as _plan
-from skysnake.ingest import check_inputs, input_index
+from skysnake.ingest import check_inputs, input_index, refcat_files
 
 R = config["results"]
 
@@ -78,9 +78,12 @@ def raw_info(wc):
 
 
 def refcat_source(wc):
+    """The refcat's input files: the simulated refcat, the files matching refcat.path, or none (gaia, none)."""
     if config["refcat"]["source"] == "sim":
-        return f"{R}/sim/refcat.parquet"
-    return config["refcat"]["path"]
+        return [f"{R}/sim/refcat.parquet"]
+    if config["refcat"]["source"] == "file":
+        return refcat_files(config)
+    return []
 
 
 def all_summaries(wc=None):

@@ -234,3 +234,41 @@ def test_data_errors_and_failure_summary(survey):
     assert fs["status"] == "failed" and fs["code"] == err.code and fs["reason"] == str(err)
     assert fs["visit"] == visit and fs["ccd"] == ccd
     json.dumps(fs)
+
+
+def test_header_fallback_keeps_header_wcs_and_camera_zeropoint(survey):
+    """No reference star: with header_fallback the CCD keeps its header WCS and the camera's zeropoint."""
+    design, truth, refcat = survey
+    visit, ccd = CASES[0]
+    empty = refcat[:0]
+    with pytest.raises(DataError) as err:
+        _calibrate(survey, visit, ccd, refcat=empty)
+    assert err.value.code == "empty_refcat"
+    res, tr = _calibrate(survey, visit, ccd, refcat=empty, header_zeropoint=tr_zp(survey, visit, ccd) + 0.05,
+                         config={"header_fallback": True})
+    s = res.summary
+    assert s["calib_method"] == "header" and "empty_refcat" in s["fallback_reason"]
+    assert s["zeropoint"] == pytest.approx(tr["zp"] + 0.05)
+    hw = sim.header_wcs(design, visit=visit, ccd=ccd)
+    assert np.allclose(res.exposure.wcs.wcs.crval, hw.wcs.crval)
+    assert res.exposure.image is not None and s["seeing_arcsec"] == pytest.approx(_seeing(design, visit), rel=0.1)
+
+
+def test_header_fallback_zeropoint_from_few_stars_on_the_header_wcs(survey):
+    """Too few stars to fit a WCS and no camera zeropoint: the zeropoint comes from the few matched stars."""
+    design, truth, refcat = survey
+    visit, ccd = CASES[0]
+    good, tr = _calibrate(survey, visit, ccd)
+    used = good.sources.loc[good.sources["phot_used"], "ref_index"].to_numpy()[:6]
+    few = refcat[used]
+    res, tr = _calibrate(survey, visit, ccd, refcat=few, config={"header_fallback": True, "min_phot_stars": 3})
+    assert res.summary["calib_method"] == "header_wcs"
+    assert res.summary["n_phot"] >= 3
+    # the header WCS is off by a few arcsec: the 1.5" match radius still finds the stars, apertures are unaffected
+    assert res.summary["zeropoint"] == pytest.approx(tr["zp"], abs=0.03)
+    with pytest.raises(DataError, match="no camera zeropoint"):
+        _calibrate(survey, visit, ccd, refcat=few[:1], config={"header_fallback": True, "min_phot_stars": 3})
+
+
+def tr_zp(survey, visit, ccd):
+    return _render(survey, visit, ccd)[3]["zp"]

@@ -104,7 +104,14 @@ DEFAULTS = {
                                      # neighbours in the annulus bias and scatter the zeropoint; use only
                                      # if the global background is poor on scales < bkg_mesh)
     "colour_terms": {},              # {filter: {"primary": b1, "secondary": b2, "coeffs": [c0, c1, ...]}}
+    # fallback
+    "header_fallback": False,        # too few reference stars (or none): keep the header WCS and take the camera's
+                                     # zeropoint (instrument.keywords.zeropoint, e.g. DECam MAGZERO; SDSS frames'
+                                     # calibration) instead of failing the CCD; the summary says calib_method "header"
 }
+
+#: Error codes of the astrometric/photometric calibration after which ``header_fallback`` applies.
+FALLBACK_CODES = ("empty_refcat", "few_refstars", "no_match", "few_photstars", "no_refmags")
 
 _F = detection.FLAGS
 #: flags that exclude a source from the PSF and aperture-correction stars (anything masked nearby)
@@ -215,7 +222,7 @@ def _ref_errors(refcat, n, mjd):
 
 
 def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read_noise, saturation, bpm=None,
-                  config=None) -> CalibResult:
+                  config=None, variance=None, header_zeropoint=None, header_fwhm_px=None) -> CalibResult:
     """Calibrate one CCD.
 
     Parameters
@@ -238,6 +245,18 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         Bad-pixel map (non-zero = bad).
     config : dict, optional
         Options overriding :data:`DEFAULTS`.
+    variance : ndarray, optional
+        The camera's own variance of the sky and detector (ADU^2, e.g. from an inverse-variance
+        weight map; non-finite or <= 0 where unusable). Used instead of the modelled one where
+        usable, plus the sources' Poisson term.
+    header_zeropoint : float, optional
+        The camera's zeropoint (mag of 1 ADU), used with the header WCS when ``header_fallback``
+        is on and the reference stars are too few (codes :data:`FALLBACK_CODES`). Without one, the
+        zeropoint comes from the reference stars placed by the header WCS (``calib_method`` "header_wcs";
+        at least ``min_phot_stars``), else the CCD fails.
+    header_fwhm_px : float, optional
+        The camera's seeing FWHM (px), used as the PSF (a Moffat) when ``header_fallback`` is on and
+        no PSF star is found.
 
     Returns
     -------
@@ -303,6 +322,10 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
 
     sub = image - bkg.back
     sky_var = ccdproc.variance_plane(bkg.back, bkg.back, gain=gain, read_noise=read_noise)
+    if variance is not None:  # the camera's variance (sky + detector) where it has one, plus the sources' Poisson
+        good = np.isfinite(variance) & (variance > 0)
+        sky_var = np.where(good, variance, sky_var).astype(np.float32)
+        var = np.where(good, variance + np.maximum(sub, 0.0) / np.float32(gain), var).astype(np.float32)
     if nodata.any():
         sub[nodata] = 0.0
         var[nodata] = sky_var[nodata]
@@ -339,14 +362,20 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
                                            bad_flags=_BAD_FOR_PSF, max_stars=cfg["psf_max_stars"])
         if stars.sum() >= cfg["apcorr_min_stars"]:
             break
-    if not stars.any():
-        raise DataError("no bright, isolated, unsaturated point source found to measure the PSF; check the "
-                        "saturation level, the focus and psf_min_snr", code="no_psf_stars")
     unusable = (mask & masks.UNUSABLE) != 0
-    # fit weights from the sky variance plus a smoothed (3x3) source term: weights computed from each pixel's own
-    # noisy value (``var``) favour low pixels and bias the Moffat beta high (wings too faint by ~0.1% of the flux)
-    psf_var = sky_var + np.maximum(ndimage.uniform_filter(sub, 3), 0.0) / np.float32(gain)
-    psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=psf_var)
+    if not stars.any():
+        if not (cfg["header_fallback"] and header_fwhm_px):
+            raise DataError("no bright, isolated, unsaturated point source found to measure the PSF; check the "
+                            "saturation level, the focus and psf_min_snr", code="no_psf_stars")
+        # the camera's seeing, as a Moffat of the default beta (header_fallback)
+        beta = 4.765
+        psf = {"fwhm": float(header_fwhm_px), "beta": beta, "n": 0,
+               "alpha": float(header_fwhm_px) / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))}
+    else:
+        # fit weights from the sky variance plus a smoothed (3x3) source term: weights computed from each pixel's
+        # own noisy value (``var``) favour low pixels and bias the Moffat beta high (wings too faint by ~0.1%)
+        psf_var = sky_var + np.maximum(ndimage.uniform_filter(sub, 3), 0.0) / np.float32(gain)
+        psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=psf_var)
     fwhm_px = psf["fwhm"]
     phot_r = max(cfg["phot_aper_fwhm"] * fwhm_px, 2.0)
     r_tot = max(cfg["apcorr_total_fwhm"] * fwhm_px, 1.5 * max(calib_r, phot_r))
@@ -371,51 +400,73 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     phot_apc = aperture_correction(phot_r)  # zeropoint stars
     timer.lap("psf")
 
-    # 5. astrometry -----------------------------------------------------------------------------------------
-    ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
-    ref_err = _ref_errors(refcat, len(ref_ra), mjd)
-    flags = cat["flags"].to_numpy()
-    snr = cat["snr"].to_numpy()
-    ast_ok = ((flags & _BAD_FOR_CALIB) == 0) & (snr >= cfg["astrom_min_snr"])
-    ast_ok &= _core_clean(mask, cat, ast_ok, radius=max(fwhm_px, 2.0))
-    ast_idx = np.flatnonzero(ast_ok)
-    src_err = 0.4 * fwhm_px / np.maximum(snr[ast_idx], 1.0) * pixscale
-    ast = astrometry.fit_astrometry(
-        cat["x"].to_numpy()[ast_idx], cat["y"].to_numpy()[ast_idx], ref_ra, ref_dec, header_wcs=header_wcs,
-        shape=image.shape, src_err=src_err, src_rank=cat["flux_calib"].to_numpy()[ast_idx], ref_err=ref_err,
-        search_radius=cfg["astrom_search_radius"], vote_bin=cfg["astrom_vote_bin"],
-        match_radii=cfg["astrom_match_radii"], final_radius=cfg["astrom_final_radius"], order=cfg["sip_order"],
-        inv_order=cfg["sip_inv_order"], clip=cfg["astrom_clip"], niter=cfg["astrom_niter"],
-        min_matches=cfg["min_astrom_stars"], floor=cfg["astrom_sys_err"],
-        radial_min_stars=cfg["astrom_radial_min_stars"])
-    wcs = ast.wcs
-    timer.lap("astrometry")
+    try:
+        if len(refcat) == 0:
+            raise DataError("the reference catalog has no star in this CCD's tract", code="empty_refcat")
+        # 5. astrometry -----------------------------------------------------------------------------------------
+        ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
+        ref_err = _ref_errors(refcat, len(ref_ra), mjd)
+        flags = cat["flags"].to_numpy()
+        snr = cat["snr"].to_numpy()
+        ast_ok = ((flags & _BAD_FOR_CALIB) == 0) & (snr >= cfg["astrom_min_snr"])
+        ast_ok &= _core_clean(mask, cat, ast_ok, radius=max(fwhm_px, 2.0))
+        ast_idx = np.flatnonzero(ast_ok)
+        src_err = 0.4 * fwhm_px / np.maximum(snr[ast_idx], 1.0) * pixscale
+        ast = astrometry.fit_astrometry(
+            cat["x"].to_numpy()[ast_idx], cat["y"].to_numpy()[ast_idx], ref_ra, ref_dec, header_wcs=header_wcs,
+            shape=image.shape, src_err=src_err, src_rank=cat["flux_calib"].to_numpy()[ast_idx], ref_err=ref_err,
+            search_radius=cfg["astrom_search_radius"], vote_bin=cfg["astrom_vote_bin"],
+            match_radii=cfg["astrom_match_radii"], final_radius=cfg["astrom_final_radius"], order=cfg["sip_order"],
+            inv_order=cfg["sip_inv_order"], clip=cfg["astrom_clip"], niter=cfg["astrom_niter"],
+            min_matches=cfg["min_astrom_stars"], floor=cfg["astrom_sys_err"],
+            radial_min_stars=cfg["astrom_radial_min_stars"])
+        wcs = ast.wcs
+        timer.lap("astrometry")
 
-    # 6. photometric calibration -------------------------------------------------------------------------------
-    ref_mag, ref_magerr = photocal.reference_magnitudes(refcat, filter, colour_terms=cfg["colour_terms"])
-    m_src = ast_idx[ast.src_index[ast.used]]
-    m_ref = ast.ref_index[ast.used]
-    peak_tot = cat["peak"].to_numpy()[m_src] + cat["sky_adu"].to_numpy()[m_src]
-    ok = ((snr[m_src] >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
-          & np.isfinite(ref_mag[m_ref]) & (np.nan_to_num(ref_magerr[m_ref], nan=9.0) <= cfg["phot_max_magerr"]))
-    p_src, p_ref = m_src[ok], m_ref[ok]
-    xs, ys = cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src]
-    f_zp, fe_zp = detection.fixed_aperture_flux(sub, xs, ys, phot_r, variance=var, mask=unusable)
-    if cfg["phot_local_sky"]:
-        lsky = detection.local_background(sub, xs, ys, r_in=annulus[0], r_out=annulus[1], mask=unusable)
-        lsky = np.where(np.isfinite(lsky), lsky, 0.0)
-        area = np.pi * phot_r**2
-        f_zp = f_zp - lsky * area
-        # noise of the annulus mean, scaled to the aperture
-        sky_sig = bkg.rms[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
-        fe_zp = np.hypot(fe_zp, sky_sig / np.sqrt(np.pi * (annulus[1]**2 - annulus[0]**2)) * area)
-    a_zp = phot_apc["apcorr"]
-    zpr = photocal.fit_zeropoint(f_zp * a_zp, fe_zp * a_zp, ref_mag[p_ref], ref_magerr[p_ref],
-                                 clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"], sys_err=cfg["phot_sys_err"])
-    zp = zpr.zp
-    # the aperture correction's error is common to every star
-    zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
-    timer.lap("photometry")
+        # 6. photometric calibration -------------------------------------------------------------------------------
+        ref_mag, ref_magerr = photocal.reference_magnitudes(refcat, filter, colour_terms=cfg["colour_terms"])
+        m_src = ast_idx[ast.src_index[ast.used]]
+        m_ref = ast.ref_index[ast.used]
+        peak_tot = cat["peak"].to_numpy()[m_src] + cat["sky_adu"].to_numpy()[m_src]
+        ok = ((snr[m_src] >= cfg["phot_min_snr"]) & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
+              & np.isfinite(ref_mag[m_ref]) & (np.nan_to_num(ref_magerr[m_ref], nan=9.0) <= cfg["phot_max_magerr"]))
+        p_src, p_ref = m_src[ok], m_ref[ok]
+        xs, ys = cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src]
+        f_zp, fe_zp = detection.fixed_aperture_flux(sub, xs, ys, phot_r, variance=var, mask=unusable)
+        if cfg["phot_local_sky"]:
+            lsky = detection.local_background(sub, xs, ys, r_in=annulus[0], r_out=annulus[1], mask=unusable)
+            lsky = np.where(np.isfinite(lsky), lsky, 0.0)
+            area = np.pi * phot_r**2
+            f_zp = f_zp - lsky * area
+            # noise of the annulus mean, scaled to the aperture
+            sky_sig = bkg.rms[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
+            fe_zp = np.hypot(fe_zp, sky_sig / np.sqrt(np.pi * (annulus[1]**2 - annulus[0]**2)) * area)
+        a_zp = phot_apc["apcorr"]
+        zpr = photocal.fit_zeropoint(f_zp * a_zp, fe_zp * a_zp, ref_mag[p_ref], ref_magerr[p_ref],
+                                     clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"], sys_err=cfg["phot_sys_err"])
+        zp = zpr.zp
+        # the aperture correction's error is common to every star
+        zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
+        timer.lap("photometry")
+        method, fallback_reason = "refcat", ""
+    except DataError as err:
+        if not (cfg["header_fallback"] and err.code in FALLBACK_CODES):
+            raise
+        method, fallback_reason = "header", f"{err.code}: {err}"
+        ast, zpr, wcs = _HeaderAstrometry(), _HeaderZeropoint(), header_wcs
+        a_zp = phot_apc["apcorr"]
+        m_src = p_src = np.zeros(0, dtype=np.int64)
+        ast_idx = np.zeros(0, dtype=np.int64)
+        if header_zeropoint is not None:
+            zp, zp_err = float(header_zeropoint), float("nan")
+        else:  # no camera zeropoint: the few reference stars, placed by the header WCS
+            zpr, p_src = _zeropoint_on_header_wcs(sub, var, unusable, cat, snr, refcat, header_wcs, mjd=mjd,
+                                                  filter=filter, phot_r=phot_r, apcorr=a_zp, saturation=saturation,
+                                                  cfg=cfg, err=err)
+            zp = zpr.zp
+            zp_err = float(np.hypot(zpr.zp_err, 2.5 / np.log(10) * phot_apc["apcorr_err"] / a_zp))
+            method = "header_wcs"
+        timer.lap("fallback")
 
     # 7. outputs ---------------------------------------------------------------------------------------------------
     njy = float(units.nJy_per_adu(zp))
@@ -453,6 +504,8 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     timer.lap("output")
     summary = {
         "status": "ok",
+        "calib_method": method,
+        "fallback_reason": fallback_reason,
         "filter": str(filter),
         "mjd": float(mjd),
         "exptime": float(exptime),
@@ -476,7 +529,7 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         "phot_apcorr_method": phot_apc["method"],
         "astrom_rms_arcsec": float(ast.rms),
         "astrom_offset_arcsec": [float(v) for v in ast.offset],
-        "astrom_model": "radial" if ast.info["order"] == "radial" else f"poly{ast.info['order']}",
+        "astrom_model": ast.info["order"] if ast.info["order"] in ("radial", "header") else f"poly{ast.info['order']}",
         "astrom_match_radius": float(ast.match_radius),
         "astrom_inv_maxerr_px": float(ast.info["inv_maxerr_px"]),
         "n_astrom": int(ast.n_used),
@@ -495,6 +548,73 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     }
     summary["timing"]["total"] = round(sum(timer.times.values()), 4)
     return CalibResult(exposure=exposure, sources=sources, summary=summary)
+
+
+def _zeropoint_on_header_wcs(sub, var, unusable, cat, snr, refcat, header_wcs, *, mjd, filter, phot_r, apcorr,
+                             saturation, cfg, err):
+    """Zeropoint from reference stars matched (within 1.5") to sources placed by the header WCS.
+
+    The header's pointing error is taken out first: the median offset between each reference star and the
+    nearest bright source within ``astrom_search_radius``.
+    """
+    from astropy.coordinates import SkyCoord
+
+    fail = DataError(f"{err} - and no camera zeropoint (instrument.keywords.zeropoint) to fall back on",
+                     code=err.code)
+    if len(refcat) == 0 or len(cat) == 0:
+        raise fail
+    try:
+        ref_mag, ref_magerr = photocal.reference_magnitudes(refcat, filter, colour_terms=cfg["colour_terms"])
+    except DataError:
+        raise fail from None
+    ref_ra, ref_dec = astrometry.propagate_refcat(refcat, mjd=mjd)
+    ra, dec = header_wcs.all_pix2world(cat["x"].to_numpy(), cat["y"].to_numpy(), 0)
+    refc = SkyCoord(ref_ra, ref_dec, unit="deg")
+    bright = snr >= cfg["phot_min_snr"]
+    # the header's pointing error: median offset of the bright sources nearest each reference star
+    if bright.any():
+        near, d, _ = refc.match_to_catalog_sky(SkyCoord(ra[bright], dec[bright], unit="deg"))
+        close = d.arcsec < cfg["astrom_search_radius"]
+        if close.any():
+            dra = np.median((ra[bright][near[close]] - ref_ra[close]) * np.cos(np.radians(ref_dec[close])))
+            ra = ra - dra / np.cos(np.radians(dec))
+            dec = dec - np.median(dec[bright][near[close]] - ref_dec[close])
+    idx, sep, _ = SkyCoord(ra, dec, unit="deg").match_to_catalog_sky(refc)
+    peak_tot = cat["peak"].to_numpy() + cat["sky_adu"].to_numpy()
+    ok = ((sep.arcsec < 1.5) & bright & (peak_tot < cfg["phot_max_peak_frac"] * saturation)
+          & np.isfinite(ref_mag[idx]) & (np.nan_to_num(ref_magerr[idx], nan=9.0) <= cfg["phot_max_magerr"])
+          & ((cat["flags"].to_numpy() & _BAD_FOR_CALIB) == 0))
+    p_src = np.flatnonzero(ok)
+    f, fe = detection.fixed_aperture_flux(sub, cat["x"].to_numpy()[p_src], cat["y"].to_numpy()[p_src], phot_r,
+                                          variance=var, mask=unusable)
+    try:
+        zpr = photocal.fit_zeropoint(f * apcorr, fe * apcorr, ref_mag[idx[p_src]], ref_magerr[idx[p_src]],
+                                     clip=cfg["phot_clip"], min_stars=cfg["min_phot_stars"],
+                                     sys_err=cfg["phot_sys_err"])
+    except DataError:
+        raise fail from None
+    return zpr, p_src
+
+
+class _HeaderAstrometry:
+    """Stands in for the astrometric fit when the header WCS is kept (``header_fallback``)."""
+
+    rms = float("nan")
+    n_used = 0
+    offset = (0.0, 0.0)
+    match_radius = float("nan")
+    info = {"order": "header", "inv_maxerr_px": float("nan"), "n_ref_on_ccd": 0}
+    src_index = np.zeros(0, dtype=np.int64)
+    ref_index = np.zeros(0, dtype=np.int64)
+    used = np.zeros(0, dtype=bool)
+
+
+class _HeaderZeropoint:
+    """Stands in for the zeropoint fit when the camera's zeropoint is kept (``header_fallback``)."""
+
+    n = 0
+    rms = float("nan")
+    used = np.zeros(0, dtype=np.int64)
 
 
 def source_columns(config=None):

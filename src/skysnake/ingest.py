@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from . import cameras
 from .errors import ConfigError, DataError
-from .instruments import header_meta, header_wcs, merged_instrument
+from .instruments import ccd_header, header_meta, header_wcs, image_hdus, merged_instrument
 
 INDEX_COLUMNS = ["visit", "ccd", "filter", "mjd", "exptime", "raw", "hdu"] + \
     [f"ra_c{i}" for i in range(4)] + [f"dec_c{i}" for i in range(4)]
@@ -52,11 +53,19 @@ def check_inputs(config):
         if not path:
             raise ConfigError("refcat.path is not set but refcat.source is 'file': give the reference catalog "
                               "file (parquet, FITS or CSV)")
-        if not Path(os.path.expanduser(str(path))).is_file():
+        if not refcat_files(config):
             raise ConfigError(f"refcat.path: reference catalog {str(path)!r} does not exist {where}")
         if "{" in str(path) or "}" in str(path):
             raise ConfigError(f"refcat.path: {str(path)!r} has braces {{ }}, which Snakemake reads as wildcards; "
                               "rename the file or its folder")
+
+
+def refcat_files(config):
+    """The files of ``refcat.path`` (a file or a glob pattern, e.g. Gaia chunks ``gaia/chunk-*.fits``), sorted."""
+    path = os.path.expanduser(str((config.get("refcat") or {}).get("path") or ""))
+    if not path:
+        return []
+    return sorted(p for p in glob.glob(path) if Path(p).is_file())
 
 
 def input_index(config, *, raw_sim_pattern):
@@ -80,7 +89,8 @@ def input_index(config, *, raw_sim_pattern):
         if index.empty:
             raise ConfigError(f"inputs.paths: no usable input CCDs in {config['inputs']['paths']} "
                               f"({len(skipped)} files skipped; see the messages above)")
-        problems = input_problems(index, skipped)
+        problems = input_problems(index, skipped,
+                                  complete_visits=merged_instrument(config["instrument"]).get("complete_visits", True))
         for r in problems[problems["code"] == "missing"].itertuples(index=False):
             print(f"skysnake ingest: {r.reason}")
         return index, problems
@@ -92,7 +102,7 @@ def empty_problems():
                          for c in PROBLEM_COLUMNS})
 
 
-def input_problems(index, skipped):
+def input_problems(index, skipped, *, complete_visits=True):
     """CCDs that will not be calibrated, with the reason: skipped files and CCDs missing from a visit.
 
     Parameters
@@ -108,7 +118,8 @@ def input_problems(index, skipped):
     pandas.DataFrame
         :data:`PROBLEM_COLUMNS`, one row per skipped file and one per (visit, ccd) missing on disk: the
         camera's CCDs are taken to be every CCD number seen in any visit, so a visit lacking one of them
-        (deleted, not copied, or unreadable) gets ``code="missing"``.
+        (deleted, not copied, or unreadable) gets ``code="missing"`` - unless ``complete_visits`` is
+        False (the instrument's ``complete_visits``: e.g. DECam cutouts, one CCD of each exposure).
     """
     filt = dict(zip(index["visit"], index["filter"]))
     rows = []
@@ -122,7 +133,7 @@ def input_problems(index, skipped):
     camera = set(index["ccd"]) | {c for _, c in known}
     have = set(zip(index["visit"], index["ccd"])) | known
     unreadable = [r.path for r in skipped.itertuples(index=False) if int(r.visit) < 0 and r.code != "duplicate"]
-    for v in sorted(set(index["visit"]) | {v for v, _ in known}):
+    for v in sorted(set(index["visit"]) | {v for v, _ in known}) if complete_visits else []:
         for c in sorted(camera):
             if (v, c) in have:
                 continue
@@ -164,9 +175,11 @@ def header_rows(path, *, instrument):
     rows = []
     try:
         with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-            hdus = [inst["image_hdu"]]
+            hdus = image_hdus(hdul, inst)
+            if not hdus:
+                raise DataError(f"{path}: no image HDU (instrument.image_hdu is 'all')", code="no_data")
             for h in hdus:
-                header = hdul[h].header
+                header = ccd_header(hdul, h, inst)
                 meta = header_meta(header, inst, path=path)
                 wcs = header_wcs(header)
                 if wcs is None:
@@ -200,8 +213,11 @@ def _ids_from_header(path, instrument):
     inst = merged_instrument(instrument)
     try:
         with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-            header = hdul[inst["image_hdu"]].header
-            return int(header[inst["keywords"]["visit"]]), int(header[inst["keywords"]["ccd"]])
+            header = ccd_header(hdul, image_hdus(hdul, inst)[0], inst)
+            ids = {}
+            cameras.derive_meta(inst["name"], header, ids)
+            visit = ids["visit"] if "visit" in ids else header[inst["keywords"]["visit"]]
+            return int(visit), int(header[inst["keywords"]["ccd"]])
     except Exception:  # noqa: BLE001 - any failure means the ids are unknown
         return -1, -1
 

@@ -1,10 +1,12 @@
 """Reading raw CCDs of a camera through an instrument definition.
 
 An instrument definition (the ``instrument`` config block) maps a camera's FITS
-headers to skysnake's fields. The ``generic`` camera has one CCD per file (or
-per HDU), with keywords for filter, exposure time, epoch, gain, read noise,
-saturation, visit and CCD number, all configurable; the simulated survey writes
-files of exactly this kind.
+headers to skysnake's fields. ``instrument.name`` selects a preset
+(:mod:`skysnake.cameras`: ``generic``, ``sdss``, ``decam``) and every key of the
+block overrides the preset's (a null key keeps it). The ``generic`` camera has one
+CCD per file (or per HDU), with keywords for filter, exposure time, epoch, gain,
+read noise, saturation, visit and CCD number, all configurable; the simulated
+survey writes files of exactly this kind.
 """
 
 from __future__ import annotations
@@ -17,27 +19,25 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from .errors import DataError
+from . import cameras
+from .errors import ConfigError, DataError
 from .io import truncation_is_an_error
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
 
-#: Defaults of the ``instrument`` config block (the generic camera).
+#: Defaults of the ``instrument`` config block: null means "the preset's value".
 DEFAULTS = {
     "name": "generic",
-    "image_hdu": 0,
+    "image_hdu": None,
     "bpm_hdu": None,
-    "keywords": {
-        "filter": "FILTER",
-        "exptime": "EXPTIME",
-        "mjd": "MJD-OBS",
-        "gain": "GAIN",
-        "read_noise": "RDNOISE",
-        "saturation": "SATURATE",
-        "visit": "EXPNUM",
-        "ccd": "CCDNUM",
-    },
-    "defaults": {"gain": 1.0, "read_noise": 5.0, "saturation": 65000.0},
+    "inherit_primary": None,
+    "filter_first_word": None,
+    "weight_file": None,
+    "mask_file": None,
+    "complete_visits": None,
+    "keywords": {k: None for k in ("filter", "exptime", "mjd", "gain", "read_noise", "saturation", "visit", "ccd",
+                                   "zeropoint", "fwhm")},
+    "defaults": {"gain": None, "read_noise": None, "saturation": None},
 }
 
 
@@ -45,26 +45,65 @@ DEFAULTS = {
 class RawCCD:
     image: np.ndarray  # float32 ADU
     bpm: np.ndarray | None  # nonzero = camera defect
-    meta: dict  # visit, ccd, filter, exptime, mjd, gain, read_noise, saturation
+    meta: dict  # visit, ccd, filter, exptime, mjd, gain, read_noise, saturation, zeropoint (hint or None)
     wcs: WCS | None  # header WCS (approximate), None if the header has none
+    variance: np.ndarray | None = None  # ADU^2 from the camera's inverse-variance weight (inf where weight 0)
 
 
 def merged_instrument(cfg):
+    """The instrument definition: the preset named by ``cfg["name"]``, overridden by every non-null key of ``cfg``."""
     cfg = dict(cfg or {})
-    out = {**DEFAULTS, **cfg}
-    out["keywords"] = {**DEFAULTS["keywords"], **(cfg.get("keywords") or {})}
-    out["defaults"] = {**DEFAULTS["defaults"], **(cfg.get("defaults") or {})}
+    name = cfg.get("name") or "generic"
+    if name not in cameras.PRESETS:
+        raise ConfigError(f"instrument.name: unknown instrument {name!r} (presets: {', '.join(cameras.PRESETS)}); "
+                          "use 'generic' and set instrument.keywords for another camera")
+    preset = cameras.PRESETS[name]
+    out = {**{k: v for k, v in DEFAULTS.items() if k not in ("keywords", "defaults")},
+           **{k: v for k, v in preset.items() if k not in ("keywords", "defaults")}}
+    out.update({k: v for k, v in cfg.items() if k not in ("keywords", "defaults") and v is not None})
+    out["name"] = name
+    if out.get("image_hdu") is None:
+        out["image_hdu"] = 0
+    for block in ("keywords", "defaults"):
+        out[block] = {**DEFAULTS[block], **preset.get(block, {}),
+                      **{k: v for k, v in (cfg.get(block) or {}).items() if v is not None}}
     return out
+
+
+def image_hdus(hdul, instrument):
+    """HDU indices (or names) holding a CCD: every image HDU with 2-D data when ``image_hdu`` is "all"."""
+    inst = merged_instrument(instrument)
+    if inst["image_hdu"] != "all":
+        return [inst["image_hdu"]]
+    return [i for i, h in enumerate(hdul) if h.header.get("NAXIS", 0) == 2 and h.is_image]
+
+
+def ccd_header(hdul, hdu, instrument):
+    """The CCD's header: its HDU's, under the primary header's cards when the camera splits them."""
+    inst = merged_instrument(instrument)
+    header = hdul[hdu].header
+    if inst.get("inherit_primary") and hdul.index_of(hdu) != 0:
+        merged = hdul[0].header.copy()
+        merged.strip()
+        for card in header.cards:
+            if card.keyword not in ("", "COMMENT", "HISTORY"):
+                merged[card.keyword] = (card.value, card.comment)
+        return merged
+    return header
 
 
 def header_meta(header, instrument, *, path="?"):
     """skysnake's fields from a raw header; DataError naming the keyword when one is missing."""
     inst = merged_instrument(instrument)
     kw = inst["keywords"]
+    derived = {}
+    cameras.derive_meta(inst["name"], header, derived)
     meta = {}
     for field in ("visit", "ccd", "filter", "exptime", "mjd", "gain", "read_noise", "saturation"):
         key = kw[field]
-        if key in header:
+        if field in derived and (field in ("visit", "mjd") or key not in header):
+            meta[field] = derived[field]
+        elif key in header:
             meta[field] = header[key]
         elif field in inst["defaults"]:
             meta[field] = inst["defaults"][field]
@@ -80,6 +119,18 @@ def header_meta(header, instrument, *, path="?"):
     except (TypeError, ValueError) as err:
         raise DataError(f"{path}: a header keyword has the wrong type ({err})", code="bad_keyword") from err
     meta["filter"] = str(meta["filter"]).strip()
+    if inst.get("filter_first_word") and meta["filter"]:
+        meta["filter"] = meta["filter"].split()[0]
+    zp = header.get(kw["zeropoint"]) if kw.get("zeropoint") else None
+    try:
+        meta["zeropoint"] = float(zp) if zp is not None and np.isfinite(float(zp)) and float(zp) > 0 else None
+    except (TypeError, ValueError):
+        meta["zeropoint"] = None
+    fwhm = header.get(kw["fwhm"]) if kw.get("fwhm") else None
+    try:
+        meta["fwhm_px"] = float(fwhm) if fwhm is not None and float(fwhm) > 0 else None
+    except (TypeError, ValueError):
+        meta["fwhm_px"] = None
     if not _SAFE_NAME.fullmatch(meta["filter"]):
         # the filter name becomes part of output file names: never let a header write elsewhere
         raise DataError(f"{path}: filter name {meta['filter']!r} (keyword {kw['filter']!r}) is not a plain name "
@@ -130,20 +181,41 @@ def header_wcs(header):
 
 
 def read_raw(path, *, instrument, hdu=None):
-    """Read one raw CCD. Every problem becomes a DataError that names the file."""
+    """Read one raw CCD. Every problem becomes a DataError that names the file.
+
+    Camera presets add their steps (:mod:`skysnake.cameras`): SDSS frames are turned back into
+    counts (with a zeropoint hint), DECam's inverse-variance weight and data-quality mask are read
+    from their companion files (``instrument.weight_file``, ``instrument.mask_file``).
+    """
     inst = merged_instrument(instrument)
     hdu = inst["image_hdu"] if hdu is None else hdu
+    if hdu == "all":
+        hdu = 0
+    zp_hint = None
+    variance = None
     try:
         with truncation_is_an_error(), fits.open(path, memmap=False) as hdul:
             h = hdul[hdu]
-            header = h.header
+            header = ccd_header(hdul, hdu, inst)
             data = h.data
             if data is None:
                 raise DataError(f"{path}[{hdu}]: HDU has no image data", code="no_data")
             image = np.asarray(data, dtype=np.float32)
+            if inst["name"] == "sdss":
+                counts, zp_hint = cameras.sdss_counts(hdul)
+                if counts is not None:
+                    image = counts
             bpm = None
             if inst.get("bpm_hdu") is not None and inst["bpm_hdu"] in hdul:
                 bpm = np.asarray(hdul[inst["bpm_hdu"]].data) != 0
+            extname = h.name
+        if inst.get("mask_file"):
+            bpm = _companion_plane(path, inst["mask_file"], hdu, extname, "mask")
+            bpm = bpm != 0
+        if inst.get("weight_file"):
+            w = _companion_plane(path, inst["weight_file"], hdu, extname, "weight").astype(np.float64)
+            with np.errstate(divide="ignore"):
+                variance = np.where(w > 0, 1.0 / w, np.inf).astype(np.float32)
     except DataError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as err:
@@ -151,8 +223,29 @@ def read_raw(path, *, instrument, hdu=None):
                         "re-copy or re-download it", code="unreadable") from err
     if image.ndim != 2:
         raise DataError(f"{path}[{hdu}]: image has {image.ndim} dimensions, expected 2", code="bad_shape")
-    if bpm is not None and bpm.shape != image.shape:
-        raise DataError(f"{path}: bad-pixel mask shape {bpm.shape} differs from image {image.shape}",
-                        code="bad_shape")
+    for name, plane in (("bad-pixel mask", bpm), ("weight", variance)):
+        if plane is not None and plane.shape != image.shape:
+            raise DataError(f"{path}: {name} shape {plane.shape} differs from image {image.shape}", code="bad_shape")
+    if bpm is not None and variance is not None:
+        bpm = bpm | ~np.isfinite(variance)
     meta = header_meta(header, inst, path=path)
-    return RawCCD(image=image, bpm=bpm, meta=meta, wcs=header_wcs(header))
+    if zp_hint is not None:
+        meta["zeropoint"] = zp_hint
+    return RawCCD(image=image, bpm=bpm, meta=meta, wcs=header_wcs(header), variance=variance)
+
+
+def _companion_plane(path, replace, hdu, extname, what):
+    other = cameras.companion(path, replace)
+    if other is None:
+        raise DataError(f"{path}: the file name has no {replace[0]!r}, so its {what} file cannot be found "
+                        f"(instrument.{what}_file = {replace})", code="no_companion")
+    try:
+        with truncation_is_an_error(), fits.open(other, memmap=False) as hdul:
+            key = extname if extname and extname != "PRIMARY" and extname in hdul else hdu
+            return np.asarray(hdul[key].data)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: its {what} file {other} does not exist; copy it beside the image "
+                        f"(instrument.{what}_file = {replace})", code="no_companion") from err
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as err:
+        raise DataError(f"{other}: {what} file not readable ({type(err).__name__}: {err}); re-copy it",
+                        code="unreadable") from err

@@ -73,8 +73,11 @@ def reference_magnitudes(refcat, filter, *, colour_terms=None):
                             f"{filter!r} in config colour_terms or use a refcat with this band", code="no_refmags")
         err = _col(refcat, f"{filter}_magerr")
         return mag, (np.zeros_like(mag) if err is None else err)
-    p, s = term["primary"], term["secondary"]
+    p = term["primary"]
     coeffs = np.asarray(term.get("coeffs", [0.0]), dtype=float)
+    if term.get("colour"):  # colour of two other bands, e.g. Gaia: G + poly(BP - RP)
+        return _colour_band_terms(refcat, filter, p, term["colour"], coeffs)
+    s = term["secondary"]
     mp, ms = _col(refcat, f"{p}_mag"), _col(refcat, f"{s}_mag")
     if mp is None or ms is None:
         raise DataError(f"colour term for {filter!r} needs {p}_mag and {s}_mag in the reference catalog",
@@ -91,6 +94,24 @@ def reference_magnitudes(refcat, filter, *, colour_terms=None):
     # d mag / d mp = 1 + dpoly, d mag / d ms = -dpoly
     err = np.sqrt(((1 + dpoly) * ep) ** 2 + (dpoly * es) ** 2)
     return mag, err
+
+
+def _colour_band_terms(refcat, filter, primary, colour, coeffs):
+    """``primary_mag + poly(b1_mag - b2_mag)``; errors of the three bands treated as independent."""
+    b1, b2 = colour
+    mags = {b: _col(refcat, f"{b}_mag") for b in (primary, b1, b2)}
+    missing = [b for b, m in mags.items() if m is None]
+    if missing:
+        raise DataError(f"colour term for {filter!r} needs {', '.join(f'{b}_mag' for b in missing)} in the reference "
+                        "catalog", code="no_refmags")
+    errs = {b: (_col(refcat, f"{b}_magerr") if _col(refcat, f"{b}_magerr") is not None
+                else np.zeros_like(mags[b])) for b in (primary, b1, b2)}
+    c = mags[b1] - mags[b2]
+    poly = np.polynomial.polynomial.polyval(c, coeffs)
+    dpoly = np.polynomial.polynomial.polyval(c, np.polynomial.polynomial.polyder(coeffs)) if len(coeffs) > 1 \
+        else np.zeros_like(c)
+    err = np.sqrt(errs[primary] ** 2 + dpoly ** 2 * (errs[b1] ** 2 + errs[b2] ** 2))
+    return mags[primary] + poly, err
 
 
 @dataclass

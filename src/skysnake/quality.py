@@ -27,7 +27,8 @@ def select_ccds(summaries, *, cuts=None):
     summaries : list of dict
         Calibration summaries (sidecars); each has ``visit``, ``ccd``, ``status``
         and, when ``status == "ok"``, ``seeing_arcsec``, ``astrom_rms_arcsec``,
-        ``n_astrom`` and ``zeropoint``.
+        ``n_astrom`` and ``zeropoint``. A CCD calibrated from its header (``calib_method ==
+        "header"``) is judged on its seeing only.
     cuts : dict, optional
         Keys of :data:`DEFAULTS`. The zeropoint cut compares each CCD with the
         median zeropoint of the other usable CCDs of the same visit (a visit
@@ -47,6 +48,8 @@ def select_ccds(summaries, *, cuts=None):
             reason = f"calibration failed: {s.get('reason', 'unknown')}"
         elif not s.get("seeing_arcsec") or s["seeing_arcsec"] > c["max_seeing_arcsec"]:
             reason = f"seeing {s.get('seeing_arcsec')} arcsec > max_seeing_arcsec {c['max_seeing_arcsec']}"
+        elif str(s.get("calib_method")).startswith("header"):
+            pass  # header WCS and camera zeropoint (calibrate.header_fallback): no fit to judge
         elif not _finite(s.get("astrom_rms_arcsec")) or s["astrom_rms_arcsec"] > c["max_astrom_rms_arcsec"]:
             reason = (f"astrometric rms {s.get('astrom_rms_arcsec')} arcsec > max_astrom_rms_arcsec "
                       f"{c['max_astrom_rms_arcsec']}")

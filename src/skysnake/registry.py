@@ -27,6 +27,7 @@ COLUMNS = [
     ("reason", "TEXT"),
     ("selected", "INTEGER NOT NULL"),
     ("reject_reason", "TEXT"),
+    ("calib_method", "TEXT"),  # "refcat" (fitted) or "header" (header WCS and camera zeropoint: header_fallback)
     ("seeing_arcsec", "REAL"),
     ("zeropoint", "REAL"),
     ("zeropoint_err", "REAL"),
