@@ -25,6 +25,6 @@ rule calibrate:
         bench_path("calibrate", "{visit}-{ccd}")
     resources:
         mem_mb=mem_mb(200, per_mpix=60, mpix=CCD_MPIX),
-        runtime=10,
+        runtime=runtime(5, per_mpix=0.5, mpix=CCD_MPIX),
     script:
         "../scripts/calibrate.py"

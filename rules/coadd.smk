@@ -18,7 +18,7 @@ rule coadd:
     benchmark:
         bench_path("coadd", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(600, per_mpix=45, mpix=PATCH_MPIX),
-        runtime=20,
+        mem_mb=mem_mb(600, per_mpix=45, mpix=PATCH_MPIX, per_input=PLANE_BYTES * WARP_MPIX, inputs=warps_of_coadd),
+        runtime=runtime(5, per_mpix=0.5, mpix=PATCH_MPIX, per_input=0.2, inputs=warps_of_coadd),
     script:
         "../scripts/coadd.py"

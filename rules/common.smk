@@ -2,6 +2,7 @@
 # plan (every data unit, known at parse time) and the input functions rules use.
 
 import json
+import math
 
 from skysnake import plan as _plan
 from skysnake.ingest import check_inputs, input_index, refcat_files
@@ -203,19 +204,41 @@ def multiband_options(*keys):
 CCD_MPIX = (config["sim"]["ccd_nx"] * config["sim"]["ccd_ny"] / 1e6 if config["inputs"]["source"] == "sim"
             else 4096 * 4096 / 1e6)
 PATCH_MPIX = (config["skymap"]["patch_inner_px"] + 2 * config["skymap"]["patch_border_px"]) ** 2 / 1e6
+# One warp holds at most a CCD's pixels (same pixel scale) and never more than the patch.
+WARP_MPIX = min(CCD_MPIX, PATCH_MPIX)
+# Bytes per pixel of a calibrated CCD or a warp read by a job: image f4 + variance f4 + mask i2.
+PLANE_BYTES = 10
 MEM_HEADROOM = 1.5
 
 
-def mem_mb(base, per_mpix=0.0, mpix=0.0):
+def _n_inputs(inputs, wc):
+    return len(inputs(wc)) if inputs is not None else 0
+
+
+def mem_mb(base, per_mpix=0.0, mpix=0.0, *, per_input=0.0, inputs=None):
     """Memory request (MB) sized from the data and growing with the attempt.
 
-    ``MEM_HEADROOM x (base + per_mpix x mpix) x (1 + 0.5 (attempt - 1))``: ``base`` is the process
-    (Python, imports, tables), ``per_mpix`` the MB per megapixel of the image the job holds (a CCD
-    or a patch: ``CCD_MPIX``, ``PATCH_MPIX``), both fitted to the peak RSS the demo's benchmark
-    files record (README "Running on a cluster"). A job killed for memory is retried with 50% more.
+    ``MEM_HEADROOM x (base + per_mpix x mpix + per_input x n_inputs) x (1 + 0.5 (attempt - 1))``:
+    ``base`` is the process (Python, imports, tables), ``per_mpix`` the MB per megapixel of the
+    image the job makes (a CCD or a patch: ``CCD_MPIX``, ``PATCH_MPIX``), ``per_input`` the MB per
+    input image it holds (``inputs`` is the rule's input function: a coadd of 20 visits holds 20
+    warps), fitted to the peak RSS the benchmark files record (README "Running on a cluster").
+    A job killed for memory is retried with 50% more.
     """
 
     def fn(wc, attempt):
-        return int(MEM_HEADROOM * (base + per_mpix * mpix) * (1 + 0.5 * (attempt - 1)))
+        need = base + per_mpix * mpix + per_input * _n_inputs(inputs, wc)
+        return int(MEM_HEADROOM * need * (1 + 0.5 * (attempt - 1)))
+
+    return fn
+
+
+def runtime(base, per_mpix=0.0, mpix=0.0, *, per_input=0.0, inputs=None):
+    """Wall-time request (minutes) sized like ``mem_mb``; doubled on each retry (a job killed at its
+    wall-time limit comes back with twice as long)."""
+
+    def fn(wc, attempt):
+        need = base + per_mpix * mpix + per_input * _n_inputs(inputs, wc)
+        return int(math.ceil(need * 2 ** (attempt - 1)))
 
     return fn

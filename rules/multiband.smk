@@ -23,7 +23,7 @@ rule detect:
         bench_path("detect", "{tract}-{patch}-{filter}")
     resources:
         mem_mb=mem_mb(350, per_mpix=40, mpix=PATCH_MPIX),
-        runtime=10,
+        runtime=runtime(5, per_mpix=0.5, mpix=PATCH_MPIX),
     script:
         "../scripts/detect.py"
 
@@ -68,7 +68,7 @@ rule measure:
         bench_path("measure", "{tract}-{patch}-{filter}")
     resources:
         mem_mb=mem_mb(250, per_mpix=45, mpix=PATCH_MPIX),
-        runtime=10,
+        runtime=runtime(5, per_mpix=0.5, mpix=PATCH_MPIX),
     script:
         "../scripts/measure.py"
 
@@ -112,7 +112,7 @@ rule forced_photometry:
         bench_path("forced_photometry", "{tract}-{patch}-{filter}")
     resources:
         mem_mb=mem_mb(250, per_mpix=45, mpix=PATCH_MPIX),
-        runtime=10,
+        runtime=runtime(5, per_mpix=0.5, mpix=PATCH_MPIX),
     script:
         "../scripts/forced_photometry.py"
 

@@ -21,7 +21,7 @@ rule warp:
     benchmark:
         bench_path("warp", "{tract}-{patch}-{visit}")
     resources:
-        mem_mb=mem_mb(250, per_mpix=30, mpix=PATCH_MPIX),
-        runtime=15,
+        mem_mb=mem_mb(250, per_mpix=30, mpix=PATCH_MPIX, per_input=PLANE_BYTES * CCD_MPIX, inputs=calexps_of_warp),
+        runtime=runtime(5, per_mpix=0.2, mpix=PATCH_MPIX, per_input=0.2 * CCD_MPIX, inputs=calexps_of_warp),
     script:
         "../scripts/warp.py"
