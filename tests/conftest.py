@@ -1,6 +1,7 @@
 """Shared fixtures: the repository, the shared real data, and a real run of the demo workflow."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,19 @@ def run_snakemake(workdir, *args, timeout=900, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def jobs_of_dry_run(text):
+    """{(rule, frozenset(outputs))} of every job a ``snakemake -n`` lists."""
+    jobs, rule = set(), None
+    for line in text.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):\s*$", line)
+        if m:
+            rule = m.group(1)
+        elif rule and line.startswith("    output: "):
+            jobs.add((rule, frozenset(o.strip() for o in line[12:].split(", "))))
+            rule = None
+    return jobs
 
 
 @pytest.fixture(scope="session")

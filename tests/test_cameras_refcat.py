@@ -1,6 +1,5 @@
 """Instrument presets, reference-catalog formats and the Gaia query cache (network mocked)."""
 
-import glob
 
 import numpy as np
 import pytest

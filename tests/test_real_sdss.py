@@ -11,7 +11,6 @@ import pytest
 import yaml
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
-from astropy.wcs import WCS
 
 from conftest import REPO, run_snakemake, shared_data
 from skysnake import cameras

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO, jobs_of_dry_run, run_snakemake
 
 from skysnake import status
 from skysnake.io import read_table
@@ -48,19 +48,6 @@ def _job_stats(text):
     if not m:
         return {}
     return {r: int(n) for r, n in re.findall(r"^(\w+)\s+(\d+)$", m.group(1), re.MULTILINE)}
-
-
-def _jobs_of_dry_run(text):
-    """{(rule, frozenset(outputs))} of every job a ``snakemake -n`` lists."""
-    jobs, rule = set(), None
-    for line in text.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):\s*$", line)
-        if m:
-            rule = m.group(1)
-        elif rule and line.startswith("    output: "):
-            jobs.add((rule, frozenset(o.strip() for o in line[12:].split(", "))))
-            rule = None
-    return jobs
 
 
 def _outputs(results):
@@ -236,7 +223,7 @@ def test_after_kill_9_of_snakemake_status_names_the_interrupted_jobs(interrupted
 def test_the_restart_reruns_only_the_unfinished_jobs(interrupted):
     st = interrupted["status_killed"]
     todo = st.units[st.units.state != "done"]
-    planned = _jobs_of_dry_run(interrupted["dry_after_kill"])
+    planned = jobs_of_dry_run(interrupted["dry_after_kill"])
     assert planned == {(r.stage, frozenset(r.outputs)) for r in todo.itertuples()}
     # the interrupted jobs are rerun although their orphaned processes may have written every output
     inter = st.units[st.units.state == "interrupted"]
@@ -253,7 +240,7 @@ def test_a_job_killed_with_kill_9_is_failed_and_only_it_and_its_consumers_rerun(
     assert len(failed) == 1 and failed.stage.item() == interrupted["killed_rule"]
     assert "killed by signal SIGKILL (9)" in failed.reason.item()
     assert not interrupted["failed_outputs_left"]  # Snakemake removed whatever the killed job had written
-    planned = _jobs_of_dry_run(interrupted["dry_after_job_kill"])
+    planned = jobs_of_dry_run(interrupted["dry_after_job_kill"])
     todo = st.units[st.units.state != "done"]
     assert planned == {(r.stage, frozenset(r.outputs)) for r in todo.itertuples()}
     assert (failed.stage.item(), frozenset(failed.outputs.item())) in planned
@@ -382,7 +369,7 @@ def test_new_exposures_process_only_new_ccds_and_the_patches_they_touch(grown, s
     assert jobs["object_catalog"] == 1 and jobs.get("refcat", 0) == 0
     assert jobs.get("qa_visit") == 1 and jobs.get("qa_color") == len(touched)
     # exactly which jobs: every job names a new CCD, a touched patch, the tract or a survey-wide table
-    for rule, outs in _jobs_of_dry_run(grown["dry"]):
+    for rule, outs in jobs_of_dry_run(grown["dry"]):
         names = " ".join(outs)
         assert ("1002" in names or any(f"/{p}/" in names or f"-{p}." in names for p in touched)
                 or rule in ("ingest", "registry", "skymap", "object_catalog", "qa_tract")), (rule, names)

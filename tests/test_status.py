@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO, jobs_of_dry_run, run_snakemake
 
 from skysnake import status
 from skysnake.io import write_json
@@ -33,23 +33,10 @@ def _config(work):
     return status.load_config([REPO / "config" / "config.yaml", work / "small.yaml"])
 
 
-def _jobs_of_dry_run(text):
-    """{(rule, frozenset(outputs))} of every job a ``snakemake -n`` lists."""
-    jobs, rule = set(), None
-    for line in text.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):\s*$", line)
-        if m:
-            rule = m.group(1)
-        elif rule and line.startswith("    output: "):
-            jobs.add((rule, frozenset(o.strip() for o in line[12:].split(", "))))
-            rule = None
-    return jobs
-
-
 @pytest.mark.workflow
 def test_status_units_are_exactly_snakemakes_jobs(work):
     proc = run_snakemake(work, "-n", "--forceall", "--configfile", str(work / "small.yaml"), timeout=300)
-    jobs = _jobs_of_dry_run(proc.stdout)
+    jobs = jobs_of_dry_run(proc.stdout)
     units = status.expected_units(_config(work), _plan(work))
     mine = {(r.stage, frozenset(r.outputs)) for r in units.itertuples()}
     assert len(jobs) == len(units) > 30
