@@ -56,7 +56,7 @@ def test_report_holds_every_figure_with_its_caption(demo, tmp_path):
         assert png.name in html, f"{png.name} is not in the report"
     # every caption, rendered (Jinja wildcards filled in): its first words appear
     firsts = {"astrometry": "Astrometric residuals of visit 1001", "focal_plane": "Calibration of each CCD of visit",
-              "color": "Colour image of patch 1,1 of tract 0", "depth": "Depth of the coadds of tract 0",
+              "color": "Colour image of patch 1_1 of tract 0", "depth": "Depth of the coadds of tract 0",
               "coverage": "Coverage of tract 0", "counts": "Differential number counts in tract 0",
               "colorcolor": "Colour-colour diagram of the objects of tract 0",
               "colormag": "Colour-magnitude diagrams of the objects of tract 0",
