@@ -242,16 +242,26 @@ def _draw_patches(ax, tract, factor, patches=None):
                 bbox={"facecolor": "black", "alpha": 0.4, "lw": 0, "pad": 1})
 
 
-def plot_depth(maps, *, tract, title=""):
-    """The point-source limiting magnitude over the tract, one panel per filter."""
+def _filter_maps_figure(maps, planes):
+    """A figure with one tract-map panel per filter, sized from the maps' shape.
+
+    Returns ``(fig, axes)``; ``axes`` is empty (and the figure says "no coadds") without filters.
+    """
     filters = maps.filters
-    ny, nx = next(iter(maps.m5.values())).shape if maps.m5 else (1, 1)
+    ny, nx = next(iter(planes.values())).shape if planes else (1, 1)
     fig = _figure(1.0 + 4.2 * max(len(filters), 1) * min(nx / max(ny, 1), 1.6), 5.8)
     if not filters:
         _no_data(fig.add_subplot(), "no coadds")
+        return fig, []
+    return fig, _tract_axes(fig, len(filters), maps.wcs)
+
+
+def plot_depth(maps, *, tract, title=""):
+    """The point-source limiting magnitude over the tract, one panel per filter."""
+    fig, axes = _filter_maps_figure(maps, maps.m5)
+    if not axes:
         return fig
-    axes = _tract_axes(fig, len(filters), maps.wcs)
-    for ax, f in zip(axes, filters):
+    for ax, f in zip(axes, maps.filters):
         m5 = maps.m5[f]
         v = m5[np.isfinite(m5)]
         if v.size:
@@ -273,17 +283,13 @@ def plot_depth(maps, *, tract, title=""):
 
 def plot_coverage(maps, *, tract, title=""):
     """Number of input visits contributing to each coadd pixel (binned mean), one panel per filter."""
-    filters = maps.filters
-    ny, nx = next(iter(maps.nimage.values())).shape if maps.nimage else (1, 1)
-    fig = _figure(1.0 + 4.2 * max(len(filters), 1) * min(nx / max(ny, 1), 1.6), 5.8)
-    if not filters:
-        _no_data(fig.add_subplot(), "no coadds")
+    fig, axes = _filter_maps_figure(maps, maps.nimage)
+    if not axes:
         return fig
     nmax = max(1, int(np.ceil(max(np.nanmax(v) for v in maps.nimage.values()))))
     cmap = _cmap("viridis").resampled(nmax)
     norm = BoundaryNorm(np.arange(0.5, nmax + 1.5), cmap.N)
-    axes = _tract_axes(fig, len(filters), maps.wcs)
-    for ax, f in zip(axes, filters):
+    for ax, f in zip(axes, maps.filters):
         nim = np.ma.masked_less_equal(maps.nimage[f], 0)  # no data: the grey background
         im = ax.imshow(nim, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
         cb = fig.colorbar(im, ax=ax, orientation="horizontal", shrink=0.9, pad=0.09, ticks=np.arange(1, nmax + 1))
