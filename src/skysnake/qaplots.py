@@ -369,6 +369,13 @@ def _pairs(filters):
     return list(itertools.pairwise(f))
 
 
+def _scatter_by_class(ax, x, y, *, ok, star, size):
+    """Extended objects, then point sources (drawn on top, one size larger), each labelled with its count."""
+    gal, pts = ok & ~star, ok & star
+    ax.scatter(x[gal], y[gal], s=size, c=GALAXY_COLOR, alpha=0.5, lw=0, label=f"extended ({gal.sum()})")
+    ax.scatter(x[pts], y[pts], s=size + 1, c=STAR_COLOR, alpha=0.8, lw=0, label=f"point sources ({pts.sum()})")
+
+
 def plot_color_color(cat, *, filters, min_snr=20.0, title=""):
     """Colour-colour diagrams of consecutive filter triples (e.g. g-r vs r-i), stars and galaxies."""
     f = qa.order_filters(filters)
@@ -383,10 +390,7 @@ def plot_color_color(cat, *, filters, min_snr=20.0, title=""):
         star = cat["is_star"].to_numpy(bool)
         x = (cat[f"{b}_mag"] - cat[f"{c}_mag"]).to_numpy(float)
         y = (cat[f"{a}_mag"] - cat[f"{b}_mag"]).to_numpy(float)
-        ax.scatter(x[ok & ~star], y[ok & ~star], s=6, c=GALAXY_COLOR, alpha=0.5, lw=0,
-                   label=f"extended ({(ok & ~star).sum()})")
-        ax.scatter(x[ok & star], y[ok & star], s=7, c=STAR_COLOR, alpha=0.8, lw=0,
-                   label=f"point sources ({(ok & star).sum()})")
+        _scatter_by_class(ax, x, y, ok=ok, star=star, size=6)
         sel = ok & np.isfinite(x) & np.isfinite(y)
         if sel.any():
             ax.set_xlim(*np.percentile(x[sel], [0.5, 99.5]) + np.array([-0.2, 0.2]))
@@ -413,10 +417,7 @@ def plot_color_magnitude(cat, *, filters, min_snr=5.0, title=""):
         star = cat["is_star"].to_numpy(bool)
         col = (cat[f"{a}_mag"] - cat[f"{b}_mag"]).to_numpy(float)
         mag = cat[f"{b}_mag"].to_numpy(float)
-        ax.scatter(col[ok & ~star], mag[ok & ~star], s=5, c=GALAXY_COLOR, alpha=0.5, lw=0,
-                   label=f"extended ({(ok & ~star).sum()})")
-        ax.scatter(col[ok & star], mag[ok & star], s=6, c=STAR_COLOR, alpha=0.8, lw=0,
-                   label=f"point sources ({(ok & star).sum()})")
+        _scatter_by_class(ax, col, mag, ok=ok, star=star, size=5)
         sel = ok & np.isfinite(col) & np.isfinite(mag)
         if sel.any():
             ax.set_xlim(*np.percentile(col[sel], [0.5, 99.5]) + np.array([-0.3, 0.3]))
