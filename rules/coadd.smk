@@ -5,12 +5,13 @@
 rule coadd:
     """Coadd of one filter on one patch."""
     input:
-        warps=warps_of_coadd,
+        warp_dirs=warp_dirs_of_coadd,
     output:
         COADD,
     params:
         geometry=patch_geometry,
         coadd=config["coadd"],
+        warps=warps_of_coadd,
     conda:
         "../envs/skysnake.yaml"
     log:

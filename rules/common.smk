@@ -28,7 +28,9 @@ SOURCES = f"{R}/calexp/{{visit}}/sources-{{visit}}-{{ccd}}.parquet"
 SUMMARY = f"{R}/calexp/{{visit}}/summary-{{visit}}-{{ccd}}.json"
 REGISTRY = f"{R}/registry.sqlite"
 SKYMAP = f"{R}/skymap.json"
-WARP = f"{R}/warp/{{tract}}/{{patch}}/warp-{{tract}}-{{patch}}-{{visit}}.fits"
+# one warp job per (tract, visit) writes the visit's warp on every patch it touches into one folder
+WARP_DIR = f"{R}/warp/{{tract}}/{{visit}}"
+WARP = f"{R}/warp/{{tract}}/{{visit}}/warp-{{tract}}-{{patch}}-{{visit}}.fits"
 COADD = f"{R}/coadd/{{tract}}/{{patch}}/coadd-{{tract}}-{{patch}}-{{filter}}.fits"
 DETECT = f"{R}/multiband/{{tract}}/{{patch}}/detect-{{tract}}-{{patch}}-{{filter}}.parquet"
 MERGED = f"{R}/multiband/{{tract}}/{{patch}}/merged-{{tract}}-{{patch}}.parquet"
@@ -91,19 +93,41 @@ def all_summaries(wc=None):
     return [SUMMARY.format(visit=v, ccd=c) for v, c in PLAN.index[["visit", "ccd"]].itertuples(index=False)]
 
 
+def warp_units(wc):
+    """``{patch: [ccd, ...]}``: the patches of the tract the visit may touch and the CCDs that may land on each."""
+    return PLAN.patches_of_visit(wc.tract, wc.visit)
+
+
 def calexps_of_warp(wc):
-    return [CALEXP.format(visit=wc.visit, ccd=c) for c in PLAN.ccds_of_warp(wc.tract, wc.patch, wc.visit)]
+    """The visit's CCDs that may land on some patch of the tract."""
+    ccds = sorted({c for cs in warp_units(wc).values() for c in cs})
+    return [CALEXP.format(visit=wc.visit, ccd=c) for c in ccds]
+
+
+def largest_warp(wc):
+    """The CCDs of the warp job's patch with the most of them (the job holds one patch's CCDs at a time)."""
+    return max(warp_units(wc).values(), key=len)
 
 
 def summaries_of_visit(wc):
     return [SUMMARY.format(visit=wc.visit, ccd=c) for c in PLAN.ccds_of_visit(wc.visit)]
 
 
+def warp_dirs_of_coadd(wc):
+    """The warp folders of every visit of the filter that touches the patch (one per visit)."""
+    return [WARP_DIR.format(tract=wc.tract, visit=v) for v in PLAN.visits_of_patch(wc.tract, wc.patch, wc.filter)]
+
+
 def warps_of_coadd(wc):
+    """The coadd's warp files, inside :func:`warp_dirs_of_coadd`."""
     return [
         WARP.format(tract=wc.tract, patch=wc.patch, visit=v)
         for v in PLAN.visits_of_patch(wc.tract, wc.patch, wc.filter)
     ]
+
+
+def tract_geometry(wc):
+    return PLAN.skymap[int(wc.tract)].to_dict()
 
 
 def patch_geometry(wc):
@@ -179,9 +203,8 @@ def sources_of_visit(wc):
 
 def visit_footprints(wc):
     """Approximate CCD corners from the raw headers: where a failed CCD (no fitted WCS) is drawn."""
-    idx = PLAN.index[PLAN.index["visit"] == int(wc.visit)]
-    return {int(r.ccd): [[float(getattr(r, f"ra_c{i}")), float(getattr(r, f"dec_c{i}"))] for i in range(4)]
-            for r in idx.itertuples(index=False)}
+    rows = (PLAN.raw(wc.visit, c) for c in PLAN.ccds_of_visit(wc.visit))
+    return {int(r["ccd"]): [[float(r[f"ra_c{i}"]), float(r[f"dec_c{i}"])] for i in range(4)] for r in rows}
 
 
 def coadds_of_tract(wc):

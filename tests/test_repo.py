@@ -48,7 +48,7 @@ def results(tmp_path_factory):
                            meta={"FILTER": f, "PATCH": patch, "FWHM": 0.8, "BUNIT": "nJy"},
                            extra={"NIMAGE": np.full(shape, 3, np.int16)})
             write_exposure(root / f"coadd/0/{patch}/coadd-0-{patch}-{f}.fits", exp, provenance=PROV)
-    write_exposure(root / "warp/0/1_1/warp-0-1_1-1001.fits", Exposure(None, None, None, None, meta={"NCCD": 0}),
+    write_exposure(root / "warp/0/1001/warp-0-1_1-1001.fits", Exposure(None, None, None, None, meta={"NCCD": 0}),
                    provenance=PROV)
     cat = pd.DataFrame({"object_id": [1, 2], "ra": [150.0, 150.01], "dec": [2.0, 2.01], "patch": ["0_0", "1_0"],
                         "g_flux": [100.0, 200.0], "g_fluxerr": [1.0, 2.0], "g_mag": [26.4, 25.6],

@@ -363,7 +363,7 @@ def test_new_exposures_process_only_new_ccds_and_the_patches_they_touch(grown, s
     assert 0 < len(touched) < len(plan.patches(0))  # the test means something: some patches are untouched
     jobs = _job_stats(grown["dry"])
     assert jobs["calibrate"] == 4  # the 4 CCDs of the new visit, none of the 8 old ones
-    assert jobs["warp"] == len(o.loc[o.visit == 1002, ["patch"]].drop_duplicates())  # new warps only
+    assert jobs["warp"] == len(o.loc[o.visit == 1002, ["tract"]].drop_duplicates())  # the new visit's only
     for rule in ("coadd", "detect", "merge_detections", "measure", "select_reference", "forced_photometry"):
         assert jobs[rule] == len(touched), rule
     assert jobs["object_catalog"] == 1 and jobs.get("refcat", 0) == 0

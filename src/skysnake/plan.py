@@ -13,6 +13,7 @@ index, so ``snakemake -n`` lists every job before anything runs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -27,52 +28,95 @@ class Plan:
     overlaps: pd.DataFrame  # visit, ccd, tract, patch
     refcat_tract: dict = field(default_factory=dict)  # (visit, ccd) -> tract whose refcat calibrates it
 
-    # --- data ids -----------------------------------------------------------------
+    # --- data ids (lookups are dictionaries built once: input functions call them once per job) ----
+    @cached_property
+    def _by_visit(self):
+        """visit -> (filter, sorted ccds)."""
+        out = {}
+        for v, grp in self.index.groupby("visit", sort=True):
+            out[int(v)] = (str(grp["filter"].iloc[0]), sorted(int(c) for c in grp["ccd"]))
+        return out
+
+    @cached_property
+    def _rows(self):
+        """(visit, ccd) -> the index row as a dict."""
+        cols = list(self.index.columns)
+        return {(int(r[cols.index("visit")]), int(r[cols.index("ccd")])): dict(zip(cols, r))
+                for r in self.index.itertuples(index=False, name=None)}
+
+    @cached_property
+    def _overlap_maps(self):
+        """tract -> sorted patches; (tract, patch) -> sorted visits; (tract, patch, visit) -> sorted ccds;
+        (tract, visit) -> {patch: sorted ccds} in patch order."""
+        patches, visits, ccds = {}, {}, {}
+        for v, c, t, p in self.overlaps[["visit", "ccd", "tract", "patch"]].itertuples(index=False, name=None):
+            t, v, c = int(t), int(v), int(c)
+            patches.setdefault(t, set()).add(p)
+            visits.setdefault((t, p), set()).add(v)
+            ccds.setdefault((t, p, v), set()).add(c)
+        ccds = {k: sorted(cs) for k, cs in ccds.items()}
+        per_job = {}
+        for t, p, v in sorted(ccds, key=lambda k: (k[0], k[2], _patch_key(k[1]))):
+            per_job.setdefault((t, v), {})[p] = ccds[(t, p, v)]
+        return ({t: sorted(ps, key=_patch_key) for t, ps in patches.items()},
+                {k: sorted(vs) for k, vs in visits.items()}, ccds, per_job)
+
+    @cached_property
+    def _visits_by_filter(self):
+        """(tract, patch, filter) -> sorted visits."""
+        out = {}
+        for (t, p), vs in self._overlap_maps[1].items():
+            for v in vs:
+                out.setdefault((t, p, self.filter_of_visit(v)), []).append(v)
+        return out
+
     @property
     def visits(self):
-        return sorted(self.index["visit"].unique().tolist())
+        return list(self._by_visit)
 
     def ccds_of_visit(self, visit):
-        return sorted(self.index.loc[self.index["visit"] == int(visit), "ccd"].tolist())
+        return list(self._by_visit[int(visit)][1]) if int(visit) in self._by_visit else []
 
     def filter_of_visit(self, visit):
-        return str(self.index.loc[self.index["visit"] == int(visit), "filter"].iloc[0])
+        return self._by_visit[int(visit)][0]
 
     @property
     def filters(self):
         return sorted(self.index["filter"].unique().tolist())
 
     def raw(self, visit, ccd):
-        row = self.index[(self.index["visit"] == int(visit)) & (self.index["ccd"] == int(ccd))]
-        return row.iloc[0]
+        return self._rows[(int(visit), int(ccd))]
 
     @property
     def tracts(self):
-        return sorted(self.overlaps["tract"].unique().tolist())
+        return sorted(self._overlap_maps[0])
 
     def patches(self, tract):
-        o = self.overlaps[self.overlaps["tract"] == int(tract)]
-        return sorted(o["patch"].unique().tolist(), key=_patch_key)
+        return list(self._overlap_maps[0].get(int(tract), []))
 
     def visits_of_patch(self, tract, patch, filter=None):
-        o = self.overlaps[(self.overlaps["tract"] == int(tract)) & (self.overlaps["patch"] == patch)]
-        visits = sorted(o["visit"].unique().tolist())
         if filter is not None:
-            visits = [v for v in visits if self.filter_of_visit(v) == filter]
-        return visits
+            return list(self._visits_by_filter.get((int(tract), patch, filter), []))
+        return list(self._overlap_maps[1].get((int(tract), patch), []))
 
     def filters_of_patch(self, tract, patch):
         return sorted({self.filter_of_visit(v) for v in self.visits_of_patch(tract, patch)})
 
     def ccds_of_warp(self, tract, patch, visit):
-        o = self.overlaps
-        sel = (o["tract"] == int(tract)) & (o["patch"] == patch) & (o["visit"] == int(visit))
-        return sorted(o.loc[sel, "ccd"].tolist())
+        return list(self._overlap_maps[2].get((int(tract), patch, int(visit)), []))
 
     def warps(self):
         """All (tract, patch, visit) warp units."""
         w = self.overlaps[["tract", "patch", "visit"]].drop_duplicates()
         return [tuple(r) for r in w.itertuples(index=False)]
+
+    def warp_jobs(self):
+        """All (tract, visit) warp jobs: one job warps a visit onto every patch of the tract it touches."""
+        return sorted(self._overlap_maps[3])
+
+    def patches_of_visit(self, tract, visit):
+        """``{patch: [ccd, ...]}`` of every patch of ``tract`` that the visit may touch, in patch order."""
+        return {p: list(cs) for p, cs in self._overlap_maps[3].get((int(tract), int(visit)), {}).items()}
 
 
 def _patch_key(p):
@@ -88,16 +132,15 @@ def make_plan(index, skymap_cfg, *, margin_arcsec=30.0):
     """Build the :class:`Plan` from an input index and the ``skymap`` config block."""
     index = index.sort_values(["visit", "ccd"]).reset_index(drop=True)
     skymap = skymap_from_config(skymap_cfg, footprints=index)
-    rows = []
-    refcat_tract = {}
-    for r in index.itertuples(index=False):
-        ra = np.array([getattr(r, f"ra_c{i}") for i in range(4)])
-        dec = np.array([getattr(r, f"dec_c{i}") for i in range(4)])
-        for tract, patch in skymap.patches_touching(ra, dec, margin_arcsec=margin_arcsec):
-            rows.append((int(r.visit), int(r.ccd), int(tract), patch))
-        cra, cdec = _mean_position(ra, dec)
-        refcat_tract[(int(r.visit), int(r.ccd))] = int(skymap.nearest_tract(cra, cdec)[0])
-    overlaps = pd.DataFrame(rows, columns=["visit", "ccd", "tract", "patch"])
+    ra = index[[f"ra_c{i}" for i in range(4)]].to_numpy(float)
+    dec = index[[f"dec_c{i}" for i in range(4)]].to_numpy(float)
+    i, tracts, patches = skymap.overlaps(ra, dec, margin_arcsec=margin_arcsec)
+    visits, ccds = index["visit"].to_numpy(int), index["ccd"].to_numpy(int)
+    overlaps = pd.DataFrame({"visit": visits[i].tolist(), "ccd": ccds[i].tolist(), "tract": tracts, "patch": patches},
+                            columns=["visit", "ccd", "tract", "patch"])
+    cra, cdec = _mean_position(ra.T, dec.T)
+    near = skymap.nearest_tract(cra, cdec) if len(index) else []
+    refcat_tract = {(int(v), int(c)): int(t) for v, c, t in zip(visits, ccds, near)}
     return Plan(index=index, skymap=skymap, overlaps=overlaps, refcat_tract=refcat_tract)
 
 

@@ -42,7 +42,7 @@ KINDS = {
     "registry": ("registry.sqlite", "registry", "every CCD: status, seeing, zeropoint, selection"),
     "skymap": ("skymap.json", "skymap", "tracts and patches (skysnake.skymap.SkyMap)"),
     "tract": ("skymap.json", "tract", "one tract's geometry (skysnake.skymap.Tract)"),
-    "warp": ("warp/{tract}/{patch}/warp-{tract}-{patch}-{visit}.fits", "exposure", "a visit resampled on a patch"),
+    "warp": ("warp/{tract}/{visit}/warp-{tract}-{patch}-{visit}.fits", "exposure", "a visit resampled on a patch"),
     "coadd": ("coadd/{tract}/{patch}/coadd-{tract}-{patch}-{filter}.fits", "exposure", "coadd of a filter"),
     "detect": ("multiband/{tract}/{patch}/detect-{tract}-{patch}-{filter}.parquet", "table", "detections"),
     "merged": ("multiband/{tract}/{patch}/merged-{tract}-{patch}.parquet", "table", "peaks merged across filters"),

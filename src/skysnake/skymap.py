@@ -189,6 +189,34 @@ class SkyMap:
                     out.append((t.id, p))
         return out
 
+    def overlaps(self, ra, dec, *, margin_arcsec=30.0):
+        """:meth:`patches_touching` for many polygons at once: ``ra, dec`` are (N, K) corner arrays.
+
+        Returns ``(i, tract, patch)`` lists: polygon ``i`` may touch ``patch`` of ``tract``, ordered
+        by polygon, then tract, then patch (row-major), as :meth:`patches_touching` lists them.
+        """
+        ra = np.atleast_2d(np.asarray(ra, float))
+        dec = np.atleast_2d(np.asarray(dec, float))
+        found = []  # (i, order, tract, patch)
+        order = 0
+        for t in self.tracts.values():
+            x, y = t.wcs().all_world2pix(ra.ravel(), dec.ravel(), 0)
+            x, y = x.reshape(ra.shape), y.reshape(ra.shape)
+            ok = np.all(np.isfinite(x), axis=1) & np.all(np.isfinite(y), axis=1)
+            # a polygon on the far side of the sky projects to nonsense; require it to be near the tract
+            ok &= np.min(_angsep(ra, dec, t.ra, t.dec), axis=1) <= 60.0
+            m = margin_arcsec / t.pixel_scale
+            with np.errstate(invalid="ignore"):
+                xmin, xmax = x.min(axis=1) - m, x.max(axis=1) + m
+                ymin, ymax = y.min(axis=1) - m, y.max(axis=1) + m
+            for p in t.patches:
+                x0, y0, x1, y1 = t.outer_box(p)
+                hit = ok & (xmin < x1) & (xmax > x0) & (ymin < y1) & (ymax > y0)
+                found += [(int(i), order, t.id, p) for i in np.flatnonzero(hit)]
+                order += 1
+        found.sort(key=lambda r: (r[0], r[1]))
+        return [r[0] for r in found], [r[2] for r in found], [r[3] for r in found]
+
     def is_primary(self, tract_id, patch, ra, dec):
         """True where (ra, dec) lies in the patch's inner box AND the tract is the nearest one."""
         t = self[tract_id]

@@ -45,7 +45,7 @@ STAGES = {
                    "calexp/{visit}/summary-{visit}-{ccd}.json"], "logs/calibrate/{visit}-{ccd}.log"),
     "registry": (["registry.sqlite"], "logs/registry/registry.log"),
     "skymap": (["skymap.json"], "logs/skymap/skymap.log"),
-    "warp": (["warp/{tract}/{patch}/warp-{tract}-{patch}-{visit}.fits"], "logs/warp/{tract}-{patch}-{visit}.log"),
+    "warp": (["warp/{tract}/{visit}"], "logs/warp/{tract}-{visit}.log"),  # a folder: the visit on each patch
     "coadd": (["coadd/{tract}/{patch}/coadd-{tract}-{patch}-{filter}.fits"],
               "logs/coadd/{tract}-{patch}-{filter}.log"),
     "detect": (["multiband/{tract}/{patch}/detect-{tract}-{patch}-{filter}.parquet"],
@@ -179,8 +179,8 @@ def expected_units(config, plan):
         add("calibrate", f"visit {v} ccd {c}", {"visit": int(v), "ccd": int(c)})
     add("registry", "registry", {})
     add("skymap", "skymap", {})
-    for t, p, v in plan.warps():
-        add("warp", f"tract {t} patch {p} visit {v}", {"tract": int(t), "patch": p, "visit": int(v)})
+    for t, v in plan.warp_jobs():
+        add("warp", f"tract {t} visit {v}", {"tract": int(t), "visit": int(v)})
     for t in plan.tracts:
         for p in plan.patches(t):
             filters = plan.filters_of_patch(t, p)
@@ -326,10 +326,12 @@ def _log_reason(path, *, max_len=300):
 
 # --- status ---------------------------------------------------------------------------------------------------
 def _existing_files(results_dir, results_rel):
-    """Set of existing files under the results folder (paths as Snakemake names them) and temp files."""
+    """Set of existing files and folders (a folder is the output of a job that writes many files, e.g. a
+    warp job) under the results folder (paths as Snakemake names them), and temp files."""
     existing, temps = set(), []
     for dirpath, _, files in os.walk(results_dir):
         rel = os.path.relpath(dirpath, results_dir)
+        existing.add(os.path.normpath(os.path.join(results_rel, rel)))
         for f in files:
             p = os.path.normpath(os.path.join(results_rel, rel, f))
             if f.startswith(".") and f.endswith(".tmp"):
