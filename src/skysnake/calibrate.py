@@ -313,7 +313,8 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     nodata = (mask & masks.NO_DATA) != 0
     timer.lap("mask")
     bkg = detection.estimate_background(image, mask=mask, mesh=cfg["bkg_mesh"], filter_size=cfg["bkg_filter"])
-    var = ccdproc.variance_plane(image, bkg.back, gain=gain, read_noise=read_noise)
+    sky_var = ccdproc.sky_variance(bkg.back, gain=gain, read_noise=read_noise)
+    var = ccdproc.variance_plane(image, bkg.back, gain=gain, read_noise=read_noise, sky_var=sky_var)
     timer.lap("background")
     cr = _cosmic_rays(image, bkg.back, var, mask, cfg=cfg, gain=gain, read_noise=read_noise,
                       saturation=saturation, pixscale=pixscale)
@@ -321,7 +322,6 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     timer.lap("cosmic_rays")
 
     sub = image - bkg.back
-    sky_var = ccdproc.variance_plane(bkg.back, bkg.back, gain=gain, read_noise=read_noise)
     if variance is not None:  # the camera's variance (sky + detector) where it has one, plus the sources' Poisson
         good = np.isfinite(variance) & (variance > 0)
         sky_var = np.where(good, variance, sky_var).astype(np.float32)

@@ -8,7 +8,8 @@ Typical order (see :func:`skysnake.calibrate.calibrate_ccd`)::
     check_image(image)
     mask = initial_mask(image, saturation=..., bpm=bpm)           # SAT, BAD, NO_DATA
     bkg = detection.estimate_background(image, mask=mask)         # sky in ADU
-    var = variance_plane(image, bkg.back, gain=..., read_noise=...)
+    sky_var = sky_variance(bkg.back, gain=..., read_noise=...)
+    var = variance_plane(image, bkg.back, gain=..., read_noise=..., sky_var=sky_var)
     mask |= masks.CR * find_cosmic_rays(image, background=bkg.back, variance=var, mask=mask)
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "check_wcs",
     "saturation_mask",
     "initial_mask",
+    "sky_variance",
     "variance_plane",
     "cr_contrast_limit",
     "find_cosmic_rays",
@@ -125,7 +127,30 @@ def initial_mask(image, *, saturation, bpm=None, grow_sat=1):
     return mask
 
 
-def variance_plane(image, background, *, gain, read_noise, source_nsigma=3.0):
+def sky_variance(background, *, gain, read_noise):
+    """Variance in ADU^2 of the sky and the read noise alone: ``max(sky, 0) / gain + (read_noise / gain)^2``.
+
+    The variance of a source-free pixel, not correlated with its own noise (``float32``, the shape
+    of ``background``); :func:`variance_plane` adds the sources' Poisson term to it.
+
+    Parameters
+    ----------
+    background : ndarray or float
+        Sky level in ADU (e.g. :attr:`skysnake.detection.BackgroundModel.back`).
+    gain : float
+        Gain in e-/ADU.
+    read_noise : float
+        Read noise in e-.
+    """
+    if not gain > 0:
+        raise DataError(f"gain must be positive, got {gain}; check the GAIN header keyword", code="bad_gain")
+    out = np.maximum(np.asarray(background, dtype=np.float32), np.float32(0))
+    out /= np.float32(gain)
+    out += np.float32(read_noise**2 / gain**2)
+    return out
+
+
+def variance_plane(image, background, *, gain, read_noise, source_nsigma=3.0, sky_var=None):
     """Per-pixel variance in ADU^2: sky and read noise plus the Poisson noise of significant sources.
 
     ``var = (sky + S * [S > source_nsigma * sigma_sky]) / gain + read_noise^2 / gain^2`` with
@@ -148,16 +173,30 @@ def variance_plane(image, background, *, gain, read_noise, source_nsigma=3.0):
         Read noise in e-.
     source_nsigma : float, optional
         Per-pixel significance above which the source signal adds Poisson variance.
+    sky_var : ndarray, optional
+        :func:`sky_variance` of the same background, gain and read noise, if the caller already
+        has it (it is then not recomputed).
+
+    Returns
+    -------
+    ndarray
+        ``float32`` variance plane of the shape of ``image``.
     """
-    if not gain > 0:
+    image = np.asarray(image, dtype=np.float32)
+    if sky_var is None:
+        sky_var = sky_variance(background, gain=gain, read_noise=read_noise)
+    elif not gain > 0:
         raise DataError(f"gain must be positive, got {gain}; check the GAIN header keyword", code="bad_gain")
-    g = np.float32(gain)
-    sky = np.maximum(np.asarray(background, dtype=np.float32), 0)
-    sky_var = sky / g + np.float32(read_noise**2 / gain**2)
-    src = np.asarray(image, dtype=np.float32) - sky
-    src = np.where(src > np.float32(source_nsigma) * np.sqrt(sky_var), src, np.float32(0))  # NaN -> 0
-    var = sky_var + src / g
-    return var.astype(np.float32, copy=False)
+    sky_var = np.broadcast_to(np.asarray(sky_var, dtype=np.float32), image.shape)
+    # in place on float32 temporaries: the planes are the size of the CCD
+    src = np.subtract(image, np.maximum(np.asarray(background, dtype=np.float32), np.float32(0)))
+    thr = np.sqrt(sky_var)
+    thr *= np.float32(source_nsigma)
+    significant = src > thr  # NaN -> False: the sky variance
+    src /= np.float32(gain)
+    var = np.array(sky_var, dtype=np.float32)
+    np.add(var, src, out=var, where=significant)
+    return var
 
 
 def _psf_peak_ratios(fwhm_px, beta=None, nsub=8):
