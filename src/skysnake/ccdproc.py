@@ -16,7 +16,6 @@ Typical order (see :func:`skysnake.calibrate.calibrate_ccd`)::
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from . import masks
 from .errors import DataError
@@ -96,8 +95,29 @@ def saturation_mask(image, *, saturation, grow=1):
     # images are often float32 and clipped at float32(saturation), which may round below it
     sat = np.asarray(image) >= saturation * (1.0 - 1e-6)  # NaN compares False
     if grow > 0 and sat.any():
-        sat = ndimage.binary_dilation(sat, structure=np.ones((3, 3), bool), iterations=int(grow))
+        sat = _grow_square(sat, int(grow))
     return sat
+
+
+def _grow_square(mask, n):
+    """``mask`` grown by ``n`` pixels in every direction, diagonals included (8-connected).
+
+    The same as ``scipy.ndimage.binary_dilation(mask, structure=np.ones((3, 3)), iterations=n)``,
+    done as two 1-D passes of shifted ORs (rows, then columns): ~10x faster on a CCD.
+    """
+    out = np.array(mask, dtype=bool)
+    for axis in (1, 0):
+        src = out
+        out = src.copy()
+        for k in range(1, n + 1):
+            if k >= src.shape[axis]:
+                break
+            lo = [slice(None)] * 2
+            hi = [slice(None)] * 2
+            lo[axis], hi[axis] = slice(k, None), slice(None, -k)
+            out[tuple(lo)] |= src[tuple(hi)]
+            out[tuple(hi)] |= src[tuple(lo)]
+    return out
 
 
 def initial_mask(image, *, saturation, bpm=None, grow_sat=1):
@@ -116,7 +136,7 @@ def initial_mask(image, *, saturation, bpm=None, grow_sat=1):
     """
     image = np.asarray(image)
     mask = np.zeros(image.shape, dtype=np.int32)
-    mask[saturation_mask(image, saturation=saturation, grow=grow_sat)] |= masks.SAT
+    np.bitwise_or(mask, masks.SAT, out=mask, where=saturation_mask(image, saturation=saturation, grow=grow_sat))
     if bpm is not None:
         bpm = np.asarray(bpm)
         if bpm.shape != image.shape:
@@ -297,29 +317,38 @@ def find_cosmic_rays(image, *, background, variance, mask=None, nsigma=5.0, min_
     usable = np.isfinite(d)
     if mask is not None:
         usable &= (np.asarray(mask) & (masks.SAT | masks.BAD | masks.NO_DATA)) == 0
-    d = np.where(usable, d, np.float32(0))
+    d[~usable] = 0
     k_ortho, k_diag = (contrast_margin * k for k in cr_contrast_limit(min_fwhm_px))
+    pairs = (((0, 1), k_ortho), ((1, 0), k_ortho), ((1, 1), k_diag), ((1, -1), k_diag))
 
-    dp = np.pad(d, 1)
-    up = np.pad(usable, 1)  # padded border = unusable
+    def at(arr, yy, xx, fill):
+        """``arr[yy, xx]``, ``fill`` off the image."""
+        inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+        return np.where(inside, arr[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)], fill)
 
-    def nb(arr, dy, dx):
-        return arr[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx]
+    def sharp(cy, cx, thr, cr=None):
+        """Pixels (cy, cx) sharper than a PSF for one pair of opposite usable neighbours (not flagged in ``cr``)."""
+        out = np.zeros(len(cy), bool)
+        dc = d[cy, cx]
+        for (ay, ax), k in pairs:
+            y1, x1, y2, x2 = cy + ay, cx + ax, cy - ay, cx - ax
+            valid = at(usable, y1, x1, False) & at(usable, y2, x2, False)
+            if cr is not None:
+                valid &= ~at(cr, y1, x1, False) & ~at(cr, y2, x2, False)
+            pair_mean = np.float32(0.5) * (at(d, y1, x1, np.float32(0)) + at(d, y2, x2, np.float32(0)))
+            out |= valid & (dc - np.float32(k) * pair_mean > thr)
+        return out
 
-    thr = np.float32(nsigma) * sigma
-    seed = usable & (d > thr)
-    cand = np.zeros_like(seed)
-    for (ay, ax), k in (((0, 1), k_ortho), ((1, 0), k_ortho), ((1, 1), k_diag), ((1, -1), k_diag)):
-        pair_ok = nb(up, ay, ax) & nb(up, -ay, -ax)
-        pair_mean = np.float32(0.5) * (nb(dp, ay, ax) + nb(dp, -ay, -ax))
-        cand |= pair_ok & (d - np.float32(k) * pair_mean > thr)
-    cr = seed & cand
+    # seeds: significant pixels (a few % of the image) that pass the sharpness test
+    seed = np.flatnonzero(usable & (d > np.float32(nsigma) * sigma))
+    sy, sx = np.divmod(seed, nx)
+    cr = np.zeros((ny, nx), bool)
+    cr.flat[seed[sharp(sy, sx, np.float32(nsigma) * sigma[sy, sx])]] = True
     if grow_iter > 0 and cr.any():
-        # grow on the (sparse) pixel list rather than the whole image: a neighbour joins if it is
-        # significant *and* sharp at the lower threshold, with pairs through flagged pixels ignored,
-        # so growth follows charge spilled by the cosmic ray but not the smooth profile of a star
+        # grow on the (sparse) pixel list: a neighbour joins if it is significant *and* sharp at the lower
+        # threshold, with pairs through flagged pixels ignored, so growth follows charge spilled by the
+        # cosmic ray but not the smooth profile of a star
         gthr = np.float32(grow_nsigma)
-        pairs = (((0, 1), k_ortho), ((1, 0), k_ortho), ((1, 1), k_diag), ((1, -1), k_diag))
         offs = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
         front = np.flatnonzero(cr)
         for _ in range(int(grow_iter)):
@@ -331,16 +360,9 @@ def find_cosmic_rays(image, *, background, variance, mask=None, nsigma=5.0, min_
             cy, cx = np.divmod(cand_idx, nx)
             ok = ~cr[cy, cx] & usable[cy, cx] & (d[cy, cx] > gthr * sigma[cy, cx])
             cy, cx = cy[ok], cx[ok]
-            sharp = np.zeros(len(cy), bool)
-            for (ay, ax), k in pairs:
-                y1, x1, y2, x2 = cy + ay + 1, cx + ax + 1, cy - ay + 1, cx - ax + 1  # padded coordinates
-                valid = up[y1, x1] & up[y2, x2]
-                valid &= ~cr[np.clip(y1 - 1, 0, ny - 1), np.clip(x1 - 1, 0, nx - 1)]
-                valid &= ~cr[np.clip(y2 - 1, 0, ny - 1), np.clip(x2 - 1, 0, nx - 1)]
-                pm = np.float32(0.5) * (dp[y1, x1] + dp[y2, x2])
-                sharp |= valid & (d[cy, cx] - np.float32(k) * pm > gthr * sigma[cy, cx])
-            if not sharp.any():
+            grown = sharp(cy, cx, gthr * sigma[cy, cx], cr=cr)
+            if not grown.any():
                 break
-            front = cy[sharp] * nx + cx[sharp]
+            front = cy[grown] * nx + cx[grown]
             cr.flat[front] = True
     return cr
