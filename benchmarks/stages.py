@@ -59,20 +59,48 @@ def detect_and_measure(path):
     return cat, t
 
 
+def sextractor_runs():
+    """The SExtractor runs of (a), by result key: the compared one detects as deep as skysnake (DETECT_THRESH is
+    in units of the unfiltered noise, skysnake's threshold in units of the filtered image's) and makes the
+    measurements calibrate makes; for information, the same measurements at DETECT_THRESH 5, and positions
+    plus one aperture at DETECT_THRESH 5 (the comparison of the first benchmark)."""
+    from skysnake import detection
+
+    last = len(APER_RADII_PX) - 1
+    return {"peer": dict(thresh=DETECT_THRESH * detection.filtered_noise(), aper_radii_px=APER_RADII_PX,
+                         compare_aper=last, params=peers.SEX_CALIBRATE),
+            "peer_thresh5": dict(thresh=DETECT_THRESH, aper_radii_px=APER_RADII_PX, compare_aper=last,
+                                 params=peers.SEX_CALIBRATE),
+            "peer_minimal": dict(thresh=DETECT_THRESH, aper_radii_px=[SEX_APER_PX], params=peers.SEX_MINIMAL)}
+
+
 def stage_a(ctx, *, repeat):
     """(a) detection + photometry of one CCD in-process vs SExtractor; the calibrate job as Snakemake runs it."""
     work, cfg = ctx["work"], ctx["config"]
     path = workload.raw_path(work, workload.VISITS[0])
-    out = {}
-    steps = []
-    for _ in range(repeat):
-        cat, t = detect_and_measure(path)
-        steps.append(t)
+    peer = ctx["peers"]["sextractor"]
+    runs = sextractor_runs() if peer is not None else {}
+    out = {"peer": None}
+    steps, walls, cats = [], {k: [] for k in runs}, {}
+    detect_and_measure(path)  # warm: first-call costs (imports, sep's buffers) are not what is compared
+    with tempfile.TemporaryDirectory(prefix="bench-sex-") as tmp:
+        for _ in range(repeat):  # skysnake and the SExtractor runs alternate: all see the same machine load
+            cat, t = detect_and_measure(path)
+            steps.append(t)
+            for k, kw in runs.items():
+                r = peers.run_sextractor(peer, path, tmp, **kw)
+                walls[k].append(r["wall"])
+                cats[k] = r["catalog"]
     out["inproc_steps"] = {k: float(np.median([s[k] for s in steps])) for k in steps[0]}
     out["inproc"] = out["inproc_steps"]["total"]
     out["n_ours"] = len(cat)
-    ours = {"x": cat["x"].to_numpy(), "y": cat["y"].to_numpy(), "flux": cat["flux_cmp"].to_numpy(),
-            "fluxerr": cat["fluxerr_cmp"].to_numpy()}
+    for k in runs:
+        out[k] = float(np.median(walls[k]))
+        out[f"n_{k}"] = len(cats[k]["x"])
+    if runs:
+        ours = {"x": cat["x"].to_numpy(), "y": cat["y"].to_numpy(), "flux": cat["flux_cmp"].to_numpy(),
+                "fluxerr": cat["fluxerr_cmp"].to_numpy()}
+        out["agreement"] = metrics.catalog_agreement(ours, cats["peer"], radius=1.0, min_snr=20.0)
     # the calibrate job as Snakemake runs it: a real snakemake call forcing that one job
     target = f"results/calexp/{workload.VISITS[0]}/calexp-{workload.VISITS[0]}-{workload.CCD}.fits"
     bench = Path(work) / "results" / "benchmarks" / "calibrate" / f"{workload.VISITS[0]}-{workload.CCD}.tsv"
@@ -90,32 +118,6 @@ def stage_a(ctx, *, repeat):
     out["job_s"] = float(np.median(jobs))
     out["snakemake_process"] = float(np.median(procs))
     out["job_steps"] = {k: float(np.median([s.get(k, np.nan) for s in logsteps])) for k in logsteps[0]}
-    peer = ctx["peers"]["sextractor"]
-    if peer is None:
-        out["peer"] = None
-        return out
-    # SExtractor runs, alternating so that all see the same machine load: the compared one detects as deep as
-    # skysnake (DETECT_THRESH is in units of the unfiltered noise, skysnake's threshold of the filtered image's)
-    # and makes the measurements calibrate makes; for information, the same measurements at DETECT_THRESH 5,
-    # and positions plus one aperture at DETECT_THRESH 5 (the comparison of the first benchmark)
-    from skysnake import detection
-
-    runs = {"peer": dict(thresh=DETECT_THRESH * detection.filtered_noise(), aper_radii_px=APER_RADII_PX,
-                         compare_aper=len(APER_RADII_PX) - 1, params=peers.SEX_CALIBRATE),
-            "peer_thresh5": dict(thresh=DETECT_THRESH, aper_radii_px=APER_RADII_PX,
-                                 compare_aper=len(APER_RADII_PX) - 1, params=peers.SEX_CALIBRATE),
-            "peer_minimal": dict(thresh=DETECT_THRESH, aper_radii_px=[SEX_APER_PX], params=peers.SEX_MINIMAL)}
-    walls, cats = {k: [] for k in runs}, {}
-    with tempfile.TemporaryDirectory(prefix="bench-sex-") as tmp:
-        for _ in range(repeat):
-            for k, kw in runs.items():
-                r = peers.run_sextractor(peer, path, tmp, **kw)
-                walls[k].append(r["wall"])
-                cats[k] = r["catalog"]
-    for k in runs:
-        out[k] = float(np.median(walls[k]))
-        out[f"n_{k}"] = len(cats[k]["x"])
-    out["agreement"] = metrics.catalog_agreement(ours, cats["peer"], radius=1.0, min_snr=20.0)
     return out
 
 
