@@ -76,6 +76,8 @@ class BackgroundModel:
     @property
     def rms(self):
         if self._rms is None:
+            if self._sep is None:
+                raise ValueError("this BackgroundModel has no rms map (made without a sep background)")
             self._rms = self._sep.rms(dtype=np.float32)
         return self._rms
 
@@ -207,7 +209,7 @@ def estimate_background(image, *, mask=None, mesh=128, filter_size=3, mask_sourc
                            _sep=bkg)
 
 
-def _clipped_mean_masked(values, good, *, clip=4.0, max_iter=3, nsample=200_000):
+def _clipped_mean_masked(values, good, *, clip=4.0, max_iter=3, nsample=50_000):
     """Mean of ``values[good]`` within ``clip`` x (MAD-based) sigma of their median (0 if fewer than 100).
 
     The clipping bounds come from a regular subsample of ``nsample`` values (they need only be
