@@ -55,17 +55,53 @@ def _run(cmd, cwd):
     return wall
 
 
-def run_sextractor(peer, image, workdir, *, thresh=5.0, minarea=5, aper_radius_px=10.0, back_size=128,
-                   back_filtersize=3, deblend_nthresh=32, deblend_cont=0.005):
-    """Detect and measure one image with SExtractor (whole process, ASCII catalog).
+#: SExtractor output parameters of a minimal run: isophotal position, one aperture, flags
+SEX_MINIMAL = ("X_IMAGE", "Y_IMAGE", "FLUX_APER", "FLUXERR_APER", "FLAGS")
+#: the measurements skysnake's calibrate makes (``detection.measure_sources(kron=True)``): isophotal and
+#: windowed positions, every circular aperture with its error, the Kron (AUTO) flux with its error and
+#: radius, the half-light radius, the flags
+SEX_CALIBRATE = ("X_IMAGE", "Y_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE", "FLUX_APER({n})", "FLUXERR_APER({n})", "FLUX_AUTO",
+                 "FLUXERR_AUTO", "KRON_RADIUS", "FLUX_RADIUS", "FLAGS", "FLAGS_WIN")
 
-    Returns ``wall`` (s) and ``catalog`` (dict of arrays: ``x, y`` 0-based, ``flux, fluxerr`` in a
-    circular aperture of radius ``aper_radius_px``, ``flags``).
+
+def read_sextractor_ascii(path):
+    """A SExtractor ``ASCII_HEAD`` catalog as ``{name: array}``; vector parameters (``FLUX_APER`` with
+    several apertures) are 2-D, one column per element."""
+    starts = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            parts = line.split()
+            starts.append((int(parts[1]) - 1, parts[2]))
+    data = np.loadtxt(path, comments="#", ndmin=2)
+    ncol = data.shape[1] if data.size else (starts[-1][0] + 1 if starts else 0)
+    if data.size == 0:
+        data = np.zeros((0, ncol))
+    out = {}
+    for k, (i, name) in enumerate(starts):
+        j = starts[k + 1][0] if k + 1 < len(starts) else ncol
+        out[name] = data[:, i] if j - i == 1 else data[:, i:j]
+    return out
+
+
+def run_sextractor(peer, image, workdir, *, thresh=5.0, minarea=5, aper_radii_px=(10.0,), compare_aper=0,
+                   params=SEX_MINIMAL, back_size=128, back_filtersize=3, deblend_nthresh=32, deblend_cont=0.005):
+    """Detect and measure one image with SExtractor (whole process, ASCII catalog, 1 thread).
+
+    ``params`` are the output parameters asked for (:data:`SEX_MINIMAL`, :data:`SEX_CALIBRATE`;
+    ``{n}`` stands for the number of apertures), ``aper_radii_px`` the radii of the circular
+    apertures (``PHOT_APERTURES`` takes diameters).
+
+    Returns ``wall`` (s) and ``catalog``: every parameter asked for (``{name: array}``) plus ``x, y``
+    (0-based: the windowed centroid if asked for, else the isophotal one), ``flux, fluxerr`` (aperture
+    ``compare_aper``) and ``flags``.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    radii = [float(r) for r in aper_radii_px]
     param = workdir / "bench.param"
-    param.write_text("X_IMAGE\nY_IMAGE\nFLUX_APER\nFLUXERR_APER\nFLAGS\n")
+    param.write_text("".join(p.format(n=len(radii)) + "\n" for p in params))
     cat = workdir / "sex.cat"
     conv = SEX_SHARE / "default.conv"
     cmd = [peer["exe"], str(image), "-c", str(SEX_SHARE / "default.sex") if (SEX_SHARE / "default.sex").exists()
@@ -73,15 +109,18 @@ def run_sextractor(peer, image, workdir, *, thresh=5.0, minarea=5, aper_radius_p
            "-DETECT_THRESH", str(thresh), "-ANALYSIS_THRESH", str(thresh), "-DETECT_MINAREA", str(minarea),
            "-DEBLEND_NTHRESH", str(deblend_nthresh), "-DEBLEND_MINCONT", str(deblend_cont),
            "-FILTER", "Y" if conv.exists() else "N", "-FILTER_NAME", str(conv),
-           "-PHOT_APERTURES", str(2.0 * aper_radius_px), "-BACK_SIZE", str(back_size),
+           "-PHOT_APERTURES", ",".join(f"{2.0 * r:g}" for r in radii), "-BACK_SIZE", str(back_size),
            "-BACK_FILTERSIZE", str(back_filtersize), "-CHECKIMAGE_TYPE", "NONE", "-VERBOSE_TYPE", "QUIET",
            "-NTHREADS", "1"]
     wall = _run(cmd, workdir)
-    data = np.loadtxt(cat, comments="#", ndmin=2)
-    if data.size == 0:
-        data = np.zeros((0, 5))
-    return {"wall": wall, "catalog": {"x": data[:, 0] - 1.0, "y": data[:, 1] - 1.0, "flux": data[:, 2],
-                                      "fluxerr": data[:, 3], "flags": data[:, 4].astype(int)}}
+    out = read_sextractor_ascii(cat)
+    win = "XWIN_IMAGE" in out
+    flux, fluxerr = out["FLUX_APER"], out["FLUXERR_APER"]
+    if flux.ndim == 2:
+        flux, fluxerr = flux[:, compare_aper], fluxerr[:, compare_aper]
+    out.update({"x": out["XWIN_IMAGE" if win else "X_IMAGE"] - 1.0, "y": out["YWIN_IMAGE" if win else "Y_IMAGE"] - 1.0,
+                "flux": flux, "fluxerr": fluxerr, "flags": out["FLAGS"].astype(int)})
+    return {"wall": wall, "catalog": out}
 
 
 def run_swarp(peer, images, out, target_header, *, nthreads=1, resampling="LANCZOS3"):

@@ -16,6 +16,10 @@ import peers
 import workload
 
 SEX_APER_PX = 10.0  # aperture radius (px) compared between skysnake and SExtractor
+DETECT_THRESH = 5.0  # calibrate's detect_thresh (sigma of the filtered image)
+#: the apertures of (a), both sides: calibrate's catalog radii (1, 2, 3, 6" at 0.2"/px) and the compared one
+#: (calibrate's 2" calibration aperture), last
+APER_RADII_PX = [r / 0.2 for r in (1.0, 2.0, 3.0, 6.0)] + [SEX_APER_PX]
 
 
 # ----------------------------------------------------------------------------- (a) detection + photometry
@@ -23,8 +27,9 @@ SEX_APER_PX = 10.0  # aperture radius (px) compared between skysnake and SExtrac
 
 def detect_and_measure(path):
     """skysnake's detection and photometry of one raw CCD, step by step as calibrate does them (read,
-    source-masked background, variance, sep detection, measurement with calibrate's apertures plus one of
-    ``SEX_APER_PX``): returns (catalog, seconds per step)."""
+    source-masked background, variance planes, sep detection, measurement: windowed centroids, half-light
+    radii, the apertures ``APER_RADII_PX`` with errors, Kron fluxes, flags): returns (catalog, seconds per
+    step)."""
     from astropy.io import fits
 
     from skysnake import ccdproc, detection
@@ -39,36 +44,63 @@ def detect_and_measure(path):
     bkg = detection.estimate_background(image, mesh=128, filter_size=3)
     t["background"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    var = ccdproc.variance_plane(image, bkg.back, gain=gain, read_noise=rn)
-    sky_var = ccdproc.variance_plane(bkg.back, bkg.back, gain=gain, read_noise=rn)
+    sky_var = ccdproc.sky_variance(bkg.back, gain=gain, read_noise=rn)
+    var = ccdproc.variance_plane(image, bkg.back, gain=gain, read_noise=rn, sky_var=sky_var)
     sub = image - bkg.back
     t["variance"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    objects = detection.detect_sources(sub, variance=sky_var, thresh=5.0, minarea=5)
+    objects = detection.detect_sources(sub, variance=sky_var, thresh=DETECT_THRESH, minarea=5)
     t["detect"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    radii = [r / 0.2 for r in (1.0, 2.0, 3.0, 6.0)] + [SEX_APER_PX]
-    cat = detection.measure_sources(sub, objects, variance=var, aper_radii=radii,
+    cat = detection.measure_sources(sub, objects, variance=var, aper_radii=APER_RADII_PX,
                                     aper_names=["1p0", "2p0", "3p0", "6p0", "cmp"], kron=True)
     t["measure"] = time.perf_counter() - t0
     t["total"] = sum(t.values())
     return cat, t
 
 
+def sextractor_runs():
+    """The SExtractor runs of (a), by result key: the compared one detects as deep as skysnake (DETECT_THRESH is
+    in units of the unfiltered noise, skysnake's threshold in units of the filtered image's) and makes the
+    measurements calibrate makes; for information, the same measurements at DETECT_THRESH 5, and positions
+    plus one aperture at DETECT_THRESH 5 (the comparison of the first benchmark)."""
+    from skysnake import detection
+
+    last = len(APER_RADII_PX) - 1
+    return {"peer": dict(thresh=DETECT_THRESH * detection.filtered_noise(), aper_radii_px=APER_RADII_PX,
+                         compare_aper=last, params=peers.SEX_CALIBRATE),
+            "peer_thresh5": dict(thresh=DETECT_THRESH, aper_radii_px=APER_RADII_PX, compare_aper=last,
+                                 params=peers.SEX_CALIBRATE),
+            "peer_minimal": dict(thresh=DETECT_THRESH, aper_radii_px=[SEX_APER_PX], params=peers.SEX_MINIMAL)}
+
+
 def stage_a(ctx, *, repeat):
     """(a) detection + photometry of one CCD in-process vs SExtractor; the calibrate job as Snakemake runs it."""
     work, cfg = ctx["work"], ctx["config"]
     path = workload.raw_path(work, workload.VISITS[0])
-    out = {}
-    steps = []
-    for _ in range(repeat):
-        cat, t = detect_and_measure(path)
-        steps.append(t)
+    peer = ctx["peers"]["sextractor"]
+    runs = sextractor_runs() if peer is not None else {}
+    out = {"peer": None}
+    steps, walls, cats = [], {k: [] for k in runs}, {}
+    detect_and_measure(path)  # warm: first-call costs (imports, sep's buffers) are not what is compared
+    with tempfile.TemporaryDirectory(prefix="bench-sex-") as tmp:
+        for _ in range(repeat):  # skysnake and the SExtractor runs alternate: all see the same machine load
+            cat, t = detect_and_measure(path)
+            steps.append(t)
+            for k, kw in runs.items():
+                r = peers.run_sextractor(peer, path, tmp, **kw)
+                walls[k].append(r["wall"])
+                cats[k] = r["catalog"]
     out["inproc_steps"] = {k: float(np.median([s[k] for s in steps])) for k in steps[0]}
     out["inproc"] = out["inproc_steps"]["total"]
     out["n_ours"] = len(cat)
-    ours = {"x": cat["x"].to_numpy(), "y": cat["y"].to_numpy(), "flux": cat["flux_cmp"].to_numpy(),
-            "fluxerr": cat["fluxerr_cmp"].to_numpy()}
+    for k in runs:
+        out[k] = float(np.median(walls[k]))
+        out[f"n_{k}"] = len(cats[k]["x"])
+    if runs:
+        ours = {"x": cat["x"].to_numpy(), "y": cat["y"].to_numpy(), "flux": cat["flux_cmp"].to_numpy(),
+                "fluxerr": cat["fluxerr_cmp"].to_numpy()}
+        out["agreement"] = metrics.catalog_agreement(ours, cats["peer"], radius=1.0, min_snr=20.0)
     # the calibrate job as Snakemake runs it: a real snakemake call forcing that one job
     target = f"results/calexp/{workload.VISITS[0]}/calexp-{workload.VISITS[0]}-{workload.CCD}.fits"
     bench = Path(work) / "results" / "benchmarks" / "calibrate" / f"{workload.VISITS[0]}-{workload.CCD}.tsv"
@@ -86,17 +118,6 @@ def stage_a(ctx, *, repeat):
     out["job_s"] = float(np.median(jobs))
     out["snakemake_process"] = float(np.median(procs))
     out["job_steps"] = {k: float(np.median([s.get(k, np.nan) for s in logsteps])) for k in logsteps[0]}
-    peer = ctx["peers"]["sextractor"]
-    if peer is None:
-        out["peer"] = None
-        return out
-    with tempfile.TemporaryDirectory(prefix="bench-sex-") as tmp:
-        walls = []
-        for _ in range(repeat):
-            r = peers.run_sextractor(peer, path, tmp, aper_radius_px=SEX_APER_PX)
-            walls.append(r["wall"])
-    out["peer"] = float(np.median(walls))
-    out["agreement"] = metrics.catalog_agreement(ours, r["catalog"], radius=1.0, min_snr=20.0)
     return out
 
 

@@ -5,6 +5,7 @@ import galsim
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from scipy import ndimage
 
 from skysnake import ccdproc, masks
 from skysnake.errors import DataError
@@ -85,6 +86,14 @@ def test_saturation_mask_float32_clip_and_grow():
     expect[19:24, 29:33] = True
     np.testing.assert_array_equal(m, expect)
     assert not ccdproc.saturation_mask(img, saturation=sat, grow=0)[19, 30]
+    # growth is scipy's 8-connected binary dilation, at the edges too
+    rng = np.random.default_rng(4)
+    seeds = rng.random((37, 53)) > 0.995
+    seeds[0, 5] = seeds[36, 52] = seeds[10, 0] = True
+    for n in (1, 2, 3):
+        img = np.where(seeds, np.float32(6e4), np.float32(100.0))
+        np.testing.assert_array_equal(ccdproc.saturation_mask(img, saturation=5e4, grow=n),
+                                      ndimage.binary_dilation(seeds, structure=np.ones((3, 3), bool), iterations=n))
 
 
 def test_initial_mask_bits():

@@ -85,6 +85,7 @@ def test_background_is_unbiased_mean(sky):
     assert np.mean(raw.back) - sky < 0.5 * mode_bias
     assert abs(np.mean(cor.back) - img.mean()) < 0.02
     assert abs(cor.globalrms / (sigma_e / GAIN) - 1) < 0.02
+    assert cor.rms.shape == img.shape and abs(np.median(cor.rms) / cor.globalrms - 1) < 1e-3  # made on demand
 
 
 def test_background_follows_gradient_with_sources_masked():
@@ -146,6 +147,30 @@ def test_centroids_fluxes_and_errors():
     # Kron fluxes capture most of the light
     kf = cat["flux_kron"].to_numpy()[star][bright] / flux[j[star]][bright]
     assert 0.9 < np.median(kf) < 1.01
+
+
+def test_detection_threshold_is_in_units_of_the_filtered_noise():
+    """thresh=5 finds point sources at a matched-filter S/N of 10, whose filtered peak is only 3.75 sigma of the
+    unfiltered noise (SExtractor's DETECT_THRESH units), and hardly any noise peak."""
+    rng = np.random.default_rng(12)
+    shape, s = (640, 640), 1.2  # Gaussian PSF sigma (px)
+    assert detection.filtered_noise() == pytest.approx(6.0 / 16.0)
+    k = detection.DEFAULT_KERNEL.astype(float)
+    # peak pixel value of a centred source with matched-filter S/N 10 for unit white noise
+    prof = np.exp(-(np.arange(-1, 2)[:, None] ** 2 + np.arange(-1, 2)[None, :] ** 2) / (2 * s**2))
+    d0 = 10.0 * np.sqrt(np.sum(k**2)) / np.sum(k * prof)
+    g = np.arange(40, 600, 40)
+    x, y = [v.ravel() + 0.0 for v in np.meshgrid(g, g)]
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = rng.normal(0.0, 1.0, shape)
+    for xi, yi in zip(x, y):
+        img += d0 * np.exp(-((xx - xi) ** 2 + (yy - yi) ** 2) / (2 * s**2))
+    objs = detection.detect_sources(img.astype(np.float32), variance=1.0, thresh=5.0)
+    d, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([objs["x"], objs["y"]]))
+    assert np.mean(cKDTree(np.column_stack([objs["x"], objs["y"]])).query(np.column_stack([x, y]))[0] < 1.5) > 0.95
+    assert np.sum(d > 3) <= 2  # noise peaks
+    # the same sources are (mostly) missed at 5 sigma of the unfiltered noise
+    assert len(detection.detect_sources(img.astype(np.float32), variance=1.0, thresh=5.0 / 0.375)) < 0.5 * len(x)
 
 
 def test_theta_pi_over_2_and_empty():

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from . import astrometry, ccdproc, detection, masks, photocal, units
 from .errors import ConfigError, DataError
@@ -313,7 +312,8 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     nodata = (mask & masks.NO_DATA) != 0
     timer.lap("mask")
     bkg = detection.estimate_background(image, mask=mask, mesh=cfg["bkg_mesh"], filter_size=cfg["bkg_filter"])
-    var = ccdproc.variance_plane(image, bkg.back, gain=gain, read_noise=read_noise)
+    sky_var = ccdproc.sky_variance(bkg.back, gain=gain, read_noise=read_noise)
+    var = ccdproc.variance_plane(image, bkg.back, gain=gain, read_noise=read_noise, sky_var=sky_var)
     timer.lap("background")
     cr = _cosmic_rays(image, bkg.back, var, mask, cfg=cfg, gain=gain, read_noise=read_noise,
                       saturation=saturation, pixscale=pixscale)
@@ -321,7 +321,6 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     timer.lap("cosmic_rays")
 
     sub = image - bkg.back
-    sky_var = ccdproc.variance_plane(bkg.back, bkg.back, gain=gain, read_noise=read_noise)
     if variance is not None:  # the camera's variance (sky + detector) where it has one, plus the sources' Poisson
         good = np.isfinite(variance) & (variance > 0)
         sky_var = np.where(good, variance, sky_var).astype(np.float32)
@@ -353,7 +352,8 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     iy = np.clip(np.rint(cat["y"].to_numpy()).astype(int), 0, ny - 1)
     ix = np.clip(np.rint(cat["x"].to_numpy()).astype(int), 0, nx - 1)
     cat["sky_adu"] = bkg.back[iy, ix].astype(np.float64)
-    max_peak = cfg["psf_max_peak_frac"] * saturation - float(np.median(bkg.back))
+    sky_adu = float(np.median(bkg.back))
+    max_peak = cfg["psf_max_peak_frac"] * saturation - sky_adu
     # PSF stars: bright and isolated first; relax S/N and isolation for sparse fields
     stars = np.zeros(len(cat), bool)
     for snr_min, iso in ((cfg["psf_min_snr"], max(3.0 * calib_r, 10.0)), (cfg["psf_min_snr"] / 2, 1.5 * calib_r),
@@ -374,8 +374,7 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     else:
         # fit weights from the sky variance plus a smoothed (3x3) source term: weights computed from each pixel's
         # own noisy value (``var``) favour low pixels and bias the Moffat beta high (wings too faint by ~0.1%)
-        psf_var = sky_var + np.maximum(ndimage.uniform_filter(sub, 3), 0.0) / np.float32(gain)
-        psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=psf_var)
+        psf = detection.measure_psf_fwhm(sub, cat, stars, mask=unusable, variance=sky_var, gain=gain)
     fwhm_px = psf["fwhm"]
     phot_r = max(cfg["phot_aper_fwhm"] * fwhm_px, 2.0)
     r_tot = max(cfg["apcorr_total_fwhm"] * fwhm_px, 1.5 * max(calib_r, phot_r))
@@ -492,11 +491,10 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
     cy = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
     cra, cdec = wcs.all_pix2world(cx, cy, 0)
     cen_ra, cen_dec = (float(np.ravel(v)[0]) for v in wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0))
-    sky_adu = float(np.median(bkg.back))
     meta = {
         "FILTER": str(filter), "MJD-OBS": float(mjd), "EXPTIME": float(exptime), "BUNIT": "nJy",
         "ZP": zp, "ZPERR": zp_err, "NJY_ADU": njy, "FWHM": fwhm_as, "PSFBETA": psf["beta"],
-        "SKY": sky_adu, "SKYRMS": float(np.median(bkg.rms)), "APCORR": apc["apcorr"], "ASTRMS": ast.rms,
+        "SKY": sky_adu, "SKYRMS": bkg.globalrms, "APCORR": apc["apcorr"], "ASTRMS": ast.rms,
         "NASTROM": ast.n_used, "NPHOT": zpr.n, "GAIN": float(gain), "RDNOISE": float(read_noise),
         "SATURATE": float(saturation),
     }
@@ -536,7 +534,7 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
         "n_ref_on_ccd": int(ast.info["n_ref_on_ccd"]),
         "n_phot": int(zpr.n),
         "sky_adu": sky_adu,
-        "sky_rms_adu": float(np.median(bkg.rms)),
+        "sky_rms_adu": bkg.globalrms,
         "n_sources": int(n),
         "n_cr_pixels": int(np.count_nonzero(cr)),
         "n_sat_pixels": int(np.count_nonzero(mask & masks.SAT)),

@@ -8,14 +8,14 @@ Typical order (see :func:`skysnake.calibrate.calibrate_ccd`)::
     check_image(image)
     mask = initial_mask(image, saturation=..., bpm=bpm)           # SAT, BAD, NO_DATA
     bkg = detection.estimate_background(image, mask=mask)         # sky in ADU
-    var = variance_plane(image, bkg.back, gain=..., read_noise=...)
+    sky_var = sky_variance(bkg.back, gain=..., read_noise=...)
+    var = variance_plane(image, bkg.back, gain=..., read_noise=..., sky_var=sky_var)
     mask |= masks.CR * find_cosmic_rays(image, background=bkg.back, variance=var, mask=mask)
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from . import masks
 from .errors import DataError
@@ -25,6 +25,7 @@ __all__ = [
     "check_wcs",
     "saturation_mask",
     "initial_mask",
+    "sky_variance",
     "variance_plane",
     "cr_contrast_limit",
     "find_cosmic_rays",
@@ -94,8 +95,29 @@ def saturation_mask(image, *, saturation, grow=1):
     # images are often float32 and clipped at float32(saturation), which may round below it
     sat = np.asarray(image) >= saturation * (1.0 - 1e-6)  # NaN compares False
     if grow > 0 and sat.any():
-        sat = ndimage.binary_dilation(sat, structure=np.ones((3, 3), bool), iterations=int(grow))
+        sat = _grow_square(sat, int(grow))
     return sat
+
+
+def _grow_square(mask, n):
+    """``mask`` grown by ``n`` pixels in every direction, diagonals included (8-connected).
+
+    The same as ``scipy.ndimage.binary_dilation(mask, structure=np.ones((3, 3)), iterations=n)``,
+    done as two 1-D passes of shifted ORs (rows, then columns): ~10x faster on a CCD.
+    """
+    out = np.array(mask, dtype=bool)
+    for axis in (1, 0):
+        src = out
+        out = src.copy()
+        for k in range(1, n + 1):
+            if k >= src.shape[axis]:
+                break
+            lo = [slice(None)] * 2
+            hi = [slice(None)] * 2
+            lo[axis], hi[axis] = slice(k, None), slice(None, -k)
+            out[tuple(lo)] |= src[tuple(hi)]
+            out[tuple(hi)] |= src[tuple(lo)]
+    return out
 
 
 def initial_mask(image, *, saturation, bpm=None, grow_sat=1):
@@ -114,7 +136,7 @@ def initial_mask(image, *, saturation, bpm=None, grow_sat=1):
     """
     image = np.asarray(image)
     mask = np.zeros(image.shape, dtype=np.int32)
-    mask[saturation_mask(image, saturation=saturation, grow=grow_sat)] |= masks.SAT
+    np.bitwise_or(mask, masks.SAT, out=mask, where=saturation_mask(image, saturation=saturation, grow=grow_sat))
     if bpm is not None:
         bpm = np.asarray(bpm)
         if bpm.shape != image.shape:
@@ -125,7 +147,30 @@ def initial_mask(image, *, saturation, bpm=None, grow_sat=1):
     return mask
 
 
-def variance_plane(image, background, *, gain, read_noise, source_nsigma=3.0):
+def sky_variance(background, *, gain, read_noise):
+    """Variance in ADU^2 of the sky and the read noise alone: ``max(sky, 0) / gain + (read_noise / gain)^2``.
+
+    The variance of a source-free pixel, not correlated with its own noise (``float32``, the shape
+    of ``background``); :func:`variance_plane` adds the sources' Poisson term to it.
+
+    Parameters
+    ----------
+    background : ndarray or float
+        Sky level in ADU (e.g. :attr:`skysnake.detection.BackgroundModel.back`).
+    gain : float
+        Gain in e-/ADU.
+    read_noise : float
+        Read noise in e-.
+    """
+    if not gain > 0:
+        raise DataError(f"gain must be positive, got {gain}; check the GAIN header keyword", code="bad_gain")
+    out = np.maximum(np.asarray(background, dtype=np.float32), np.float32(0))
+    out /= np.float32(gain)
+    out += np.float32(read_noise**2 / gain**2)
+    return out
+
+
+def variance_plane(image, background, *, gain, read_noise, source_nsigma=3.0, sky_var=None):
     """Per-pixel variance in ADU^2: sky and read noise plus the Poisson noise of significant sources.
 
     ``var = (sky + S * [S > source_nsigma * sigma_sky]) / gain + read_noise^2 / gain^2`` with
@@ -148,16 +193,30 @@ def variance_plane(image, background, *, gain, read_noise, source_nsigma=3.0):
         Read noise in e-.
     source_nsigma : float, optional
         Per-pixel significance above which the source signal adds Poisson variance.
+    sky_var : ndarray, optional
+        :func:`sky_variance` of the same background, gain and read noise, if the caller already
+        has it (it is then not recomputed).
+
+    Returns
+    -------
+    ndarray
+        ``float32`` variance plane of the shape of ``image``.
     """
-    if not gain > 0:
+    image = np.asarray(image, dtype=np.float32)
+    if sky_var is None:
+        sky_var = sky_variance(background, gain=gain, read_noise=read_noise)
+    elif not gain > 0:
         raise DataError(f"gain must be positive, got {gain}; check the GAIN header keyword", code="bad_gain")
-    g = np.float32(gain)
-    sky = np.maximum(np.asarray(background, dtype=np.float32), 0)
-    sky_var = sky / g + np.float32(read_noise**2 / gain**2)
-    src = np.asarray(image, dtype=np.float32) - sky
-    src = np.where(src > np.float32(source_nsigma) * np.sqrt(sky_var), src, np.float32(0))  # NaN -> 0
-    var = sky_var + src / g
-    return var.astype(np.float32, copy=False)
+    sky_var = np.broadcast_to(np.asarray(sky_var, dtype=np.float32), image.shape)
+    # in place on float32 temporaries: the planes are the size of the CCD
+    src = np.subtract(image, np.maximum(np.asarray(background, dtype=np.float32), np.float32(0)))
+    thr = np.sqrt(sky_var)
+    thr *= np.float32(source_nsigma)
+    significant = src > thr  # NaN -> False: the sky variance
+    src /= np.float32(gain)
+    var = np.array(sky_var, dtype=np.float32)
+    np.add(var, src, out=var, where=significant)
+    return var
 
 
 def _psf_peak_ratios(fwhm_px, beta=None, nsub=8):
@@ -258,29 +317,38 @@ def find_cosmic_rays(image, *, background, variance, mask=None, nsigma=5.0, min_
     usable = np.isfinite(d)
     if mask is not None:
         usable &= (np.asarray(mask) & (masks.SAT | masks.BAD | masks.NO_DATA)) == 0
-    d = np.where(usable, d, np.float32(0))
+    d[~usable] = 0
     k_ortho, k_diag = (contrast_margin * k for k in cr_contrast_limit(min_fwhm_px))
+    pairs = (((0, 1), k_ortho), ((1, 0), k_ortho), ((1, 1), k_diag), ((1, -1), k_diag))
 
-    dp = np.pad(d, 1)
-    up = np.pad(usable, 1)  # padded border = unusable
+    def at(arr, yy, xx, fill):
+        """``arr[yy, xx]``, ``fill`` off the image."""
+        inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+        return np.where(inside, arr[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)], fill)
 
-    def nb(arr, dy, dx):
-        return arr[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx]
+    def sharp(cy, cx, thr, cr=None):
+        """Pixels (cy, cx) sharper than a PSF for one pair of opposite usable neighbours (not flagged in ``cr``)."""
+        out = np.zeros(len(cy), bool)
+        dc = d[cy, cx]
+        for (ay, ax), k in pairs:
+            y1, x1, y2, x2 = cy + ay, cx + ax, cy - ay, cx - ax
+            valid = at(usable, y1, x1, False) & at(usable, y2, x2, False)
+            if cr is not None:
+                valid &= ~at(cr, y1, x1, False) & ~at(cr, y2, x2, False)
+            pair_mean = np.float32(0.5) * (at(d, y1, x1, np.float32(0)) + at(d, y2, x2, np.float32(0)))
+            out |= valid & (dc - np.float32(k) * pair_mean > thr)
+        return out
 
-    thr = np.float32(nsigma) * sigma
-    seed = usable & (d > thr)
-    cand = np.zeros_like(seed)
-    for (ay, ax), k in (((0, 1), k_ortho), ((1, 0), k_ortho), ((1, 1), k_diag), ((1, -1), k_diag)):
-        pair_ok = nb(up, ay, ax) & nb(up, -ay, -ax)
-        pair_mean = np.float32(0.5) * (nb(dp, ay, ax) + nb(dp, -ay, -ax))
-        cand |= pair_ok & (d - np.float32(k) * pair_mean > thr)
-    cr = seed & cand
+    # seeds: significant pixels (a few % of the image) that pass the sharpness test
+    seed = np.flatnonzero(usable & (d > np.float32(nsigma) * sigma))
+    sy, sx = np.divmod(seed, nx)
+    cr = np.zeros((ny, nx), bool)
+    cr.flat[seed[sharp(sy, sx, np.float32(nsigma) * sigma[sy, sx])]] = True
     if grow_iter > 0 and cr.any():
-        # grow on the (sparse) pixel list rather than the whole image: a neighbour joins if it is
-        # significant *and* sharp at the lower threshold, with pairs through flagged pixels ignored,
-        # so growth follows charge spilled by the cosmic ray but not the smooth profile of a star
+        # grow on the (sparse) pixel list: a neighbour joins if it is significant *and* sharp at the lower
+        # threshold, with pairs through flagged pixels ignored, so growth follows charge spilled by the
+        # cosmic ray but not the smooth profile of a star
         gthr = np.float32(grow_nsigma)
-        pairs = (((0, 1), k_ortho), ((1, 0), k_ortho), ((1, 1), k_diag), ((1, -1), k_diag))
         offs = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
         front = np.flatnonzero(cr)
         for _ in range(int(grow_iter)):
@@ -292,16 +360,9 @@ def find_cosmic_rays(image, *, background, variance, mask=None, nsigma=5.0, min_
             cy, cx = np.divmod(cand_idx, nx)
             ok = ~cr[cy, cx] & usable[cy, cx] & (d[cy, cx] > gthr * sigma[cy, cx])
             cy, cx = cy[ok], cx[ok]
-            sharp = np.zeros(len(cy), bool)
-            for (ay, ax), k in pairs:
-                y1, x1, y2, x2 = cy + ay + 1, cx + ax + 1, cy - ay + 1, cx - ax + 1  # padded coordinates
-                valid = up[y1, x1] & up[y2, x2]
-                valid &= ~cr[np.clip(y1 - 1, 0, ny - 1), np.clip(x1 - 1, 0, nx - 1)]
-                valid &= ~cr[np.clip(y2 - 1, 0, ny - 1), np.clip(x2 - 1, 0, nx - 1)]
-                pm = np.float32(0.5) * (dp[y1, x1] + dp[y2, x2])
-                sharp |= valid & (d[cy, cx] - np.float32(k) * pm > gthr * sigma[cy, cx])
-            if not sharp.any():
+            grown = sharp(cy, cx, gthr * sigma[cy, cx], cr=cr)
+            if not grown.any():
                 break
-            front = cy[sharp] * nx + cx[sharp]
+            front = cy[grown] * nx + cx[grown]
             cr.flat[front] = True
     return cr
