@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 from skysnake import masks
 from skysnake.coadd import coadd_warps, warp_weights
 from skysnake.errors import DataError
-from skysnake.io import Exposure
+from skysnake.io import Exposure, FitsPlane, read_exposure, write_exposure
 
 SHAPE = (240, 260)
 
@@ -192,7 +192,7 @@ def test_empty_inputs_and_errors():
         coadd([bad])
 
 
-def test_row_blocks_do_not_change_the_result():
+def test_row_blocks_do_not_change_the_result(tmp_path):
     rng = np.random.default_rng(5)
     sigma = 5.0
     tr, _ = trail(SHAPE, amp=20 * sigma, slope=3.0, icpt=-150)  # steep: crosses many row blocks
@@ -208,3 +208,18 @@ def test_row_blocks_do_not_change_the_result():
     big = [Exposure(image=w.image.astype(">f4"), mask=w.mask.astype(">i4"), variance=w.variance.astype(">f4"),
                     wcs=w.wcs, meta=w.meta) for w in ws]
     np.testing.assert_array_equal(coadd(big, block_bytes=4 * 260 * 12 * 9).image, ref.image)
+    # warps read lazily from their files (io.FitsPlane: rows read per block, nothing left mapped), on sub-boxes
+    boxes = [(0, 0, 260, 200), (7, 11, 237, 211), (30, 20, 230, 240), (0, 25, 180, 240)]  # x0, y0, x1, y1
+    sub = []
+    for i, (w, (x0, y0, x1, y1)) in enumerate(zip(ws, boxes)):
+        s = np.s_[y0:y1, x0:x1]
+        sub.append(warp(w.image[s], sigma=sigma, x0=x0, y0=y0, mask=w.mask[s].copy(), meta={"VISIT": i}))
+        write_exposure(tmp_path / f"w{i}.fits", sub[-1])
+    lazy = [read_exposure(tmp_path / f"w{i}.fits", lazy=True) for i in range(4)]
+    assert isinstance(lazy[1].image, FitsPlane)
+    want, got = coadd(sub), coadd(lazy, block_bytes=4 * 260 * 12 * 9)
+    assert (want.mask & masks.REJECTED).any() and (want.mask & masks.NO_DATA).any()
+    for a, b in ((got.image, want.image), (got.variance, want.variance), (got.mask, want.mask),
+                 (got.extra["NIMAGE"], want.extra["NIMAGE"])):
+        np.testing.assert_array_equal(a, b)
+    assert got.meta == want.meta

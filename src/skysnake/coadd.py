@@ -15,10 +15,14 @@ every source's flux unbiased, and keeps the coadd PSF a fixed linear
 combination of the input PSFs.
 
 Memory: the output planes live on the full patch grid; the inputs are read in
-blocks of rows (``warp.image[r0:r1]`` etc.), so warps whose planes are memory
-maps (e.g. FITS opened with ``memmap=True``) are never loaded whole. Each block
-holds the values of all overlapping warps (the rejection needs them), sized to
-about ``block_bytes``.
+blocks of rows (``warp.image[r0:r1]`` etc.), so warps whose planes are read from
+their files on demand (``io.read_exposure(path, lazy=True)``: each indexing reads
+just those rows and keeps nothing resident) are never loaded whole, and the job
+holds one block at a time whatever the number of warps. Each block holds the
+values of all overlapping warps (the rejection needs them), sized to about
+``block_bytes``. (Memory maps, ``memmap=True``, would work too, but every page
+read stays in the process's resident memory until the maps are closed: all the
+warps, in the end.)
 """
 
 from __future__ import annotations
@@ -332,7 +336,8 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
     ----------
     warps : list of Exposure
         Warps of ONE filter onto the same patch grid, each on its own sub-box
-        (``x0, y0``); empty warps are skipped. Planes may be memory maps.
+        (``x0, y0``); empty warps are skipped. Planes may be arrays, memory maps
+        or :class:`skysnake.io.FitsPlane` (read block by block).
     shape : tuple of int
         ``(ny, nx)`` of the patch grid.
     wcs : astropy.wcs.WCS
