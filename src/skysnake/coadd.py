@@ -20,9 +20,10 @@ their files on demand (``io.read_exposure(path, lazy=True)``: each indexing read
 just those rows and keeps nothing resident) are never loaded whole, and the job
 holds one block at a time whatever the number of warps. Each block holds the
 values of all overlapping warps (the rejection needs them), sized to about
-``block_bytes``. (Memory maps, ``memmap=True``, would work too, but every page
-read stays in the process's resident memory until the maps are closed: all the
-warps, in the end.)
+``block_bytes``, plus a few rows of context above and below (``protect_radius +
+2``), so that the result does not depend on where the blocks start. (Memory
+maps, ``memmap=True``, would work too, but every page read stays in the
+process's resident memory until the maps are closed: all the warps, in the end.)
 """
 
 from __future__ import annotations
@@ -421,7 +422,9 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
     out_msk = np.full((ny, nx), masks.NO_DATA, dtype=np.int32)
     out_n = np.zeros((ny, nx), dtype=np.int16)
 
-    halo = int(protect_radius) + 1 if reject_sigma is not None else 0
+    # rows of context a block needs: the rejectable map of row r depends on rows r +- (protect_radius + 1)
+    # (3x3 smoothing, then the protection filter), and the grow step reads it on rows r +- 1
+    halo = int(protect_radius) + 2 if reject_sigma is not None else 0
     rsig = float(reject_sigma) if reject_sigma is not None else np.inf
     # row extents of the warps on the patch grid
     ext = [(max(w.y0, 0), min(w.y0 + w.image.shape[0], ny)) for w in use]
