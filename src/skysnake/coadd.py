@@ -19,11 +19,12 @@ blocks of rows (``warp.image[r0:r1]`` etc.), so warps whose planes are read from
 their files on demand (``io.read_exposure(path, lazy=True)``: each indexing reads
 just those rows and keeps nothing resident) are never loaded whole, and the job
 holds one block at a time whatever the number of warps. Each block holds the
-values of all overlapping warps (the rejection needs them), sized to about
-``block_bytes``, plus a few rows of context above and below (``protect_radius +
-2``), so that the result does not depend on where the blocks start. (Memory
-maps, ``memmap=True``, would work too, but every page read stays in the
-process's resident memory until the maps are closed: all the warps, in the end.)
+values of all overlapping warps (the rejection needs them) and its statistics
+and rejection maps (~50 bytes a pixel), about ``block_bytes`` together, plus a
+few rows of context above and below (``protect_radius + 2``), so that the result
+does not depend on where the blocks start. (Memory maps, ``memmap=True``, would
+work too, but every page read stays in the process's resident memory until the
+maps are closed: all the warps, in the end.)
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from .io import Exposure
 __all__ = ["coadd_warps", "warp_weights"]
 
 _SAMPLE_PIXELS = 2_000_000  # pixels sampled per warp for the median variance
+_INPUT_BYTES = 12  # bytes per pixel of one input in a block: value f4, variance f4, mask i4
+_MAP_BYTES = 50  # bytes per pixel of a block's statistics and rejection maps (_stats_pass, _rejectable)
 
 
 def _meta_get(meta, key):
@@ -373,7 +376,8 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
         rejected if it deviates (same sign) by more than ``grow_sigma`` sigma:
         this removes the low-level wings of trails. ``inf`` disables it.
     block_bytes : int
-        Approximate size of the per-block stack of input values.
+        Approximate memory of one block of rows: the stack of input values
+        (12 bytes a pixel per input) and the block's statistics maps.
 
     Returns
     -------
@@ -429,7 +433,7 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
     # row extents of the warps on the patch grid
     ext = [(max(w.y0, 0), min(w.y0 + w.image.shape[0], ny)) for w in use]
     nmax = max(len(use), 1)
-    block = max(8, int(block_bytes // (nmax * nx * 12)))
+    block = max(8, int(block_bytes // (nx * (nmax * _INPUT_BYTES + _MAP_BYTES))))
     for r0 in range(0, ny, block):
         r1 = min(r0 + block, ny)
         h0, h1 = max(r0 - halo, 0), min(r1 + halo, ny)
