@@ -81,9 +81,11 @@ def test_lazy_planes_read_what_numpy_indexing_gives(tmp_path, key):
 def test_lazy_plane_index_errors(tmp_path):
     path, _ = _exposure_file(tmp_path)
     plane = read_exposure(path, lazy=True).image
-    for key in (37, -38, [1, 2], np.s_[1, 2, 3]):
+    for key in (37, -38, [1, 2], np.s_[1, 2, 3], (np.array([1, 2]), Ellipsis)):
         with pytest.raises(IndexError):
             plane[key]
+    with pytest.raises(ValueError, match="without a copy"):
+        np.asarray(plane, copy=False)
 
 
 def _mapped(path):

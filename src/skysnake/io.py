@@ -197,13 +197,17 @@ class FitsPlane:
         return f"FitsPlane({self.path!r}, offset={self.offset}, shape={self.shape}, dtype={self._stored})"
 
     def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError(f"{self!r} is read from its file: it cannot be viewed without a copy")
         out = self[:]
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            key = key[: key.index(Ellipsis)] + (slice(None),) * (3 - len(key)) + key[key.index(Ellipsis) + 1 :]
+        dots = [i for i, k in enumerate(key) if k is Ellipsis]
+        if dots:
+            i = dots[0]
+            key = key[:i] + (slice(None),) * (3 - len(key)) + key[i + 1 :]
         if not key or len(key) > 2:
             raise IndexError(f"a FitsPlane takes 1 or 2 indices, got {key!r}")
         rows, cols = key[0], key[1:]
