@@ -434,6 +434,9 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
     ext = [(max(w.y0, 0), min(w.y0 + w.image.shape[0], ny)) for w in use]
     nmax = max(len(use), 1)
     block = max(8, int(block_bytes // (nx * (nmax * _INPUT_BYTES + _MAP_BYTES))))
+    # the stack of input values, allocated once for all blocks (fresh arrays would be paged in again each time)
+    cap = nmax * min(block + 2 * halo, ny) * nx
+    stack = (np.empty(cap, np.float32), np.empty(cap, np.float32), np.empty(cap, np.int32))
     for r0 in range(0, ny, block):
         r1 = min(r0 + block, ny)
         h0, h1 = max(r0 - halo, 0), min(r1 + halo, ny)
@@ -442,9 +445,7 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
             continue
         n = len(idx)
         # values are only read where the mask is not NO_DATA: fill just the uncovered parts
-        img = np.empty((n, h1 - h0, nx), dtype=np.float32)
-        var = np.empty((n, h1 - h0, nx), dtype=np.float32)
-        msk = np.empty((n, h1 - h0, nx), dtype=np.int32)
+        img, var, msk = (a[: n * (h1 - h0) * nx].reshape(n, h1 - h0, nx) for a in stack)
         for k, i in enumerate(idx):
             w = use[i]
             wy, wx = w.image.shape
