@@ -22,7 +22,7 @@ out, paths = sys.argv[2], sys.argv[3:]
 shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
 t = {}
 t0 = time.perf_counter()
-warps = [read_exposure(p, memmap=True) for p in paths]
+warps = [read_exposure(p, lazy=True) for p in paths]
 t["read"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 result = coadd.coadd_warps(warps, shape=shape, wcs=WCS(hdr), reject_sigma=5.0)

@@ -19,7 +19,9 @@ rule coadd:
     benchmark:
         bench_path("coadd", "{tract}-{patch}-{filter}")
     resources:
-        mem_mb=mem_mb(600, per_mpix=45, mpix=PATCH_MPIX, per_input=PLANE_BYTES * WARP_MPIX, inputs=warps_of_coadd),
+        # the warps are read a block of rows at a time (~1 MB each beyond the block); the residual background
+        # of the coadd is the peak: ~40 bytes a patch pixel (README "Resources")
+        mem_mb=mem_mb(300, per_mpix=40, mpix=PATCH_MPIX, per_input=1, inputs=warps_of_coadd),
         runtime=runtime(5, per_mpix=0.5, mpix=PATCH_MPIX, per_input=0.2, inputs=warps_of_coadd),
     script:
         "../scripts/coadd.py"

@@ -227,9 +227,7 @@ def multiband_options(*keys):
 CCD_MPIX = (config["sim"]["ccd_nx"] * config["sim"]["ccd_ny"] / 1e6 if config["inputs"]["source"] == "sim"
             else 4096 * 4096 / 1e6)
 PATCH_MPIX = (config["skymap"]["patch_inner_px"] + 2 * config["skymap"]["patch_border_px"]) ** 2 / 1e6
-# One warp holds at most a CCD's pixels (same pixel scale) and never more than the patch.
-WARP_MPIX = min(CCD_MPIX, PATCH_MPIX)
-# Bytes per pixel of a calibrated CCD or a warp read by a job: image f4 + variance f4 + mask i2.
+# Bytes per pixel of a calibrated CCD read by a job: image f4 + variance f4 + mask i2.
 PLANE_BYTES = 10
 MEM_HEADROOM = 1.5
 

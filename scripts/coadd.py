@@ -21,7 +21,7 @@ geo = sm.params.geometry
 tract = Tract(**geo["tract"])
 patch = geo["patch"]
 set_threads(sm.threads)
-warps = [read_exposure(p, memmap=True) for p in sm.params.warps]  # read block by block by the coadd
+warps = [read_exposure(p, lazy=True) for p in sm.params.warps]  # rows read block by block by the coadd
 with timed(log, f"coadd {len(warps)} warps"):
     result = coadd.coadd_warps(warps, shape=tract.patch_shape(patch), wcs=tract.patch_wcs(patch),
                                reject_sigma=sm.params.coadd["reject_sigma"])

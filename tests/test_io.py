@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,7 +7,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from skysnake.errors import DataError
-from skysnake.io import Exposure, read_exposure, read_provenance, read_table, write_exposure, write_table
+from skysnake.io import Exposure, FitsPlane, read_exposure, read_provenance, read_table, write_exposure, write_table
 
 
 def _sip_wcs():
@@ -47,6 +49,75 @@ def test_truncated_fits_is_a_data_error_naming_the_file(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="e.fits"):
         read_exposure(path)
+
+
+def _exposure_file(tmp_path, shape=(37, 23)):
+    rng = np.random.default_rng(3)
+    exp = Exposure(rng.normal(size=shape).astype(np.float32), rng.integers(0, 2**20, shape, dtype=np.int32),
+                   rng.uniform(1, 2, shape).astype(np.float32), _sip_wcs(), meta={"FILTER": "r"}, x0=4, y0=9,
+                   extra={"NIMAGE": rng.integers(0, 30, shape).astype(np.int16)})
+    path = tmp_path / "lazy.fits"
+    write_exposure(path, exp)
+    return path, exp
+
+
+@pytest.mark.parametrize("key", [np.s_[:], np.s_[5:17], np.s_[3:30:4], np.s_[::-3], np.s_[30:2:-5], np.s_[40:],
+                                 np.s_[7], np.s_[-1], np.s_[2:9, 4:11], np.s_[::2, ::-3], np.s_[6, 3:],
+                                 np.s_[..., 5], np.s_[4:6, ...], np.s_[1:3, [0, 5, 22]], np.s_[-37]])
+def test_lazy_planes_read_what_numpy_indexing_gives(tmp_path, key):
+    path, exp = _exposure_file(tmp_path)
+    lazy = read_exposure(path, lazy=True)
+    assert isinstance(lazy.image, FitsPlane) and not lazy.is_empty
+    assert (lazy.x0, lazy.y0, lazy.meta["FILTER"]) == (4, 9, "r") and lazy.wcs.sip is not None
+    for got, want in ((lazy.image, exp.image), (lazy.mask, exp.mask), (lazy.variance, exp.variance),
+                      (lazy.extra["NIMAGE"], exp.extra["NIMAGE"])):
+        assert got.shape == want.shape and got.dtype == want.dtype and got.size == want.size
+        out = got[key]
+        assert out.dtype.isnative
+        np.testing.assert_array_equal(out, want[key])
+    np.testing.assert_array_equal(np.asarray(lazy.variance), exp.variance)
+
+
+def test_lazy_plane_index_errors(tmp_path):
+    path, _ = _exposure_file(tmp_path)
+    plane = read_exposure(path, lazy=True).image
+    for key in (37, -38, [1, 2], np.s_[1, 2, 3], (np.array([1, 2]), Ellipsis)):
+        with pytest.raises(IndexError):
+            plane[key]
+    with pytest.raises(ValueError, match="without a copy"):
+        np.asarray(plane, copy=False)
+
+
+def _mapped(path):
+    """Whether ``path`` is memory-mapped in this process (Linux)."""
+    return str(path.resolve()) in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_lazy_planes_leave_nothing_mapped(tmp_path):
+    path, exp = _exposure_file(tmp_path, shape=(400, 300))
+    mapped = read_exposure(path, memmap=True)
+    mapped.image[10:20].sum()
+    assert _mapped(path)  # a long-lived map: its pages stay in the resident memory once read
+    del mapped
+    lazy = read_exposure(path, lazy=True)
+    blocks = [lazy.image[r:r + 50] for r in range(0, 400, 50)]
+    assert not _mapped(path)
+    np.testing.assert_array_equal(np.concatenate(blocks), exp.image)
+    with pytest.raises(ValueError, match="not both"):
+        read_exposure(path, lazy=True, memmap=True)
+
+
+def test_lazy_read_of_empty_and_truncated_files(tmp_path):
+    empty = tmp_path / "empty.fits"
+    write_exposure(empty, Exposure(None, None, None, None, meta={"NCCD": 0}))
+    assert read_exposure(empty, lazy=True).is_empty
+    path, _ = _exposure_file(tmp_path)
+    data = path.read_bytes()
+    for size in (len(data) // 2, len(data) - 2880 + 1000):  # in the middle; in the last plane (NIMAGE)
+        path.write_bytes(data[:size])
+        with pytest.raises(DataError, match="lazy.fits"):
+            read_exposure(path, lazy=True)
 
 
 def test_table_roundtrip_keeps_empty_columns_and_meta(tmp_path):

@@ -15,10 +15,16 @@ every source's flux unbiased, and keeps the coadd PSF a fixed linear
 combination of the input PSFs.
 
 Memory: the output planes live on the full patch grid; the inputs are read in
-blocks of rows (``warp.image[r0:r1]`` etc.), so warps whose planes are memory
-maps (e.g. FITS opened with ``memmap=True``) are never loaded whole. Each block
-holds the values of all overlapping warps (the rejection needs them), sized to
-about ``block_bytes``.
+blocks of rows (``warp.image[r0:r1]`` etc.), so warps whose planes are read from
+their files on demand (``io.read_exposure(path, lazy=True)``: each indexing reads
+just those rows and keeps nothing resident) are never loaded whole, and the job
+holds one block at a time whatever the number of warps. Each block holds the
+values of all overlapping warps (the rejection needs them) and its statistics
+and rejection maps (~50 bytes a pixel), about ``block_bytes`` together, plus a
+few rows of context above and below (``protect_radius + 2``), so that the result
+does not depend on where the blocks start. (Memory maps, ``memmap=True``, would
+work too, but every page read stays in the process's resident memory until the
+maps are closed: all the warps, in the end.)
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from .io import Exposure
 __all__ = ["coadd_warps", "warp_weights"]
 
 _SAMPLE_PIXELS = 2_000_000  # pixels sampled per warp for the median variance
+_INPUT_BYTES = 12  # bytes per pixel of one input in a block: value f4, variance f4, mask i4
+_MAP_BYTES = 50  # bytes per pixel of a block's statistics and rejection maps (_stats_pass, _rejectable)
 
 
 def _meta_get(meta, key):
@@ -332,7 +340,8 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
     ----------
     warps : list of Exposure
         Warps of ONE filter onto the same patch grid, each on its own sub-box
-        (``x0, y0``); empty warps are skipped. Planes may be memory maps.
+        (``x0, y0``); empty warps are skipped. Planes may be arrays, memory maps
+        or :class:`skysnake.io.FitsPlane` (read block by block).
     shape : tuple of int
         ``(ny, nx)`` of the patch grid.
     wcs : astropy.wcs.WCS
@@ -367,7 +376,8 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
         rejected if it deviates (same sign) by more than ``grow_sigma`` sigma:
         this removes the low-level wings of trails. ``inf`` disables it.
     block_bytes : int
-        Approximate size of the per-block stack of input values.
+        Approximate memory of one block of rows: the stack of input values
+        (12 bytes a pixel per input) and the block's statistics maps.
 
     Returns
     -------
@@ -416,12 +426,17 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
     out_msk = np.full((ny, nx), masks.NO_DATA, dtype=np.int32)
     out_n = np.zeros((ny, nx), dtype=np.int16)
 
-    halo = int(protect_radius) + 1 if reject_sigma is not None else 0
+    # rows of context a block needs: the rejectable map of row r depends on rows r +- (protect_radius + 1)
+    # (3x3 smoothing, then the protection filter), and the grow step reads it on rows r +- 1
+    halo = int(protect_radius) + 2 if reject_sigma is not None else 0
     rsig = float(reject_sigma) if reject_sigma is not None else np.inf
     # row extents of the warps on the patch grid
     ext = [(max(w.y0, 0), min(w.y0 + w.image.shape[0], ny)) for w in use]
     nmax = max(len(use), 1)
-    block = max(8, int(block_bytes // (nmax * nx * 12)))
+    block = max(8, int(block_bytes // (nx * (nmax * _INPUT_BYTES + _MAP_BYTES))))
+    # the stack of input values, allocated once for all blocks (fresh arrays would be paged in again each time)
+    cap = nmax * min(block + 2 * halo, ny) * nx
+    stack = (np.empty(cap, np.float32), np.empty(cap, np.float32), np.empty(cap, np.int32))
     for r0 in range(0, ny, block):
         r1 = min(r0 + block, ny)
         h0, h1 = max(r0 - halo, 0), min(r1 + halo, ny)
@@ -430,9 +445,7 @@ def coadd_warps(warps, *, shape, wcs, reject_sigma=5.0, unusable=masks.UNUSABLE,
             continue
         n = len(idx)
         # values are only read where the mask is not NO_DATA: fill just the uncovered parts
-        img = np.empty((n, h1 - h0, nx), dtype=np.float32)
-        var = np.empty((n, h1 - h0, nx), dtype=np.float32)
-        msk = np.empty((n, h1 - h0, nx), dtype=np.int32)
+        img, var, msk = (a[: n * (h1 - h0) * nx].reshape(n, h1 - h0, nx) for a in stack)
         for k, i in enumerate(idx):
             w = use[i]
             wy, wx = w.image.shape

@@ -17,11 +17,18 @@ CCDs all failed) has ``image is None``; it is written with data-less HDUs and
 
 Tables are parquet files written with pyarrow; table metadata (``meta``) is
 stored as JSON in the parquet schema metadata under ``b"skysnake"``.
+
+A job that reads many large exposures a block of rows at a time (the coadd) opens them with
+``read_exposure(path, lazy=True)``: each plane is then a :class:`FitsPlane`, which reads from the file
+only the rows it is indexed with, so that nothing stays resident between blocks. A long-lived memory
+map (``memmap=True``) does not do that: every page of it the job has touched stays counted in its
+resident memory (RSS), which is what Slurm and cgroups limit.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import tempfile
 import warnings
@@ -148,19 +155,143 @@ def truncation_is_an_error():
             raise OSError(str(w)) from None
 
 
-def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memmap=False) -> Exposure:
+class FitsPlane:
+    """A 2-D image plane of a FITS file, read from the file each time it is indexed.
+
+    ``plane[rows]`` and ``plane[rows, cols]`` (``rows`` an int or a slice, with any step; ``cols`` any
+    numpy index) memory-map just the rows spanned, copy the values asked for into a new array in native
+    byte order, and unmap them: nothing of the file stays resident between two reads, so a consumer that
+    reads block by block holds one block. ``numpy.asarray(plane)`` reads the whole plane.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The FITS file.
+    offset : int
+        Byte offset of the plane's data in the file.
+    shape : tuple of int
+        ``(ny, nx)``.
+    dtype : numpy.dtype
+        dtype of the data as stored (big-endian, unscaled).
+    """
+
+    ndim = 2
+
+    def __init__(self, path, *, offset, shape, dtype):
+        self.path = os.fspath(path)
+        self.offset = int(offset)
+        self.shape = tuple(int(n) for n in shape)
+        if len(self.shape) != 2:
+            raise ValueError(f"{self.path}: FitsPlane needs a 2-D plane, got shape {self.shape}")
+        self._stored = np.dtype(dtype)
+        self.dtype = self._stored.newbyteorder("=")
+
+    @property
+    def size(self):
+        return self.shape[0] * self.shape[1]
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"FitsPlane({self.path!r}, offset={self.offset}, shape={self.shape}, dtype={self._stored})"
+
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError(f"{self!r} is read from its file: it cannot be viewed without a copy")
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        dots = [i for i, k in enumerate(key) if k is Ellipsis]
+        if dots:
+            i = dots[0]
+            key = key[:i] + (slice(None),) * (3 - len(key)) + key[i + 1 :]
+        if not key or len(key) > 2:
+            raise IndexError(f"a FitsPlane takes 1 or 2 indices, got {key!r}")
+        rows, cols = key[0], key[1:]
+        ny, nx = self.shape
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(ny)
+            span = range(start, stop, step)
+            if not span:
+                return np.empty((0, nx), self.dtype)[(slice(None),) + cols]
+            lo, hi = min(span[0], span[-1]), max(span[0], span[-1]) + 1
+            stop -= lo
+            rel = slice(start - lo, stop if stop >= 0 else None, step)
+        else:
+            try:
+                row = operator.index(rows)
+            except TypeError:
+                raise IndexError(f"a FitsPlane's rows are an int or a slice, got {rows!r}") from None
+            if not -ny <= row < ny:
+                raise IndexError(f"row {row} is out of range for a plane of {ny} rows")
+            lo = row % ny
+            hi, rel = lo + 1, 0
+        itemsize = self._stored.itemsize
+        mm = np.memmap(self.path, mode="r", dtype=self._stored, shape=(hi - lo, nx),
+                       offset=self.offset + lo * nx * itemsize)
+        try:
+            return np.array(mm[(rel,) + cols], dtype=self.dtype)
+        finally:
+            del mm  # unmap now: its pages leave this process's resident memory
+
+
+def _lazy_plane(path, hdu):
+    """A :class:`FitsPlane` on ``hdu``'s data, or its data read into memory when a plane cannot be mapped
+    as stored (not 2-D, scaled by BSCALE/BZERO, or compressed); ``None`` for a data-less HDU."""
+    h = hdu.header
+    if h.get("NAXIS", 0) == 0:
+        return None
+    if (h.get("NAXIS") != 2 or h.get("BSCALE", 1) != 1 or h.get("BZERO", 0) != 0
+            or isinstance(hdu, fits.CompImageHDU)):
+        arr = hdu.data
+        return np.asarray(arr, dtype=arr.dtype.newbyteorder("="))
+    info = hdu.fileinfo()
+    stored = hdu.section.dtype.newbyteorder(">")
+    shape = (h["NAXIS2"], h["NAXIS1"])
+    if os.path.getsize(path) < info["datLoc"] + shape[0] * shape[1] * stored.itemsize:
+        raise OSError(f"File may have been truncated: the {hdu.name} plane ends beyond the end of the file")
+    return FitsPlane(path, offset=info["datLoc"], shape=shape, dtype=stored)
+
+
+def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memmap=False, lazy=False) -> Exposure:
     """Read an exposure written by :func:`write_exposure`.
 
-    With ``memmap=True`` the planes stay memory-mapped (big-endian, as stored):
-    a consumer that reads them block by block (the coadd) never holds them whole.
-    Raises :class:`DataError` naming the file if it is unreadable.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    planes : sequence of str
+        HDUs to read (those absent from the file are skipped).
+    memmap : bool
+        Leave the planes memory-mapped (big-endian, as stored). The pages read stay in the process's
+        resident memory as long as the exposure lives.
+    lazy : bool
+        Make each plane a :class:`FitsPlane`, which reads only the rows it is indexed with and keeps
+        nothing resident: for a consumer that reads many exposures block by block (the coadd).
+
+    Returns
+    -------
+    Exposure
+
+    Raises
+    ------
+    DataError
+        If the file is unreadable or truncated (naming the file).
     """
+    if memmap and lazy:
+        raise ValueError("read_exposure: choose memmap=True or lazy=True, not both")
     try:
         with truncation_is_an_error(), fits.open(path, memmap=memmap) as hdul:
             meta = dict(hdul[0].header)
             data = {}
             for name in planes:
                 if name in hdul:
+                    if lazy:
+                        data[name] = _lazy_plane(path, hdul[name])
+                        continue
                     arr = hdul[name].data
                     if arr is not None and not memmap:
                         arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("="))

@@ -172,12 +172,17 @@ def check_coadd(coadd, what):
 def _planes(coadd):
     """(data, err, bad) arrays: image and sqrt(variance) zeroed on unusable pixels."""
     image, var = np.asarray(coadd.image), np.asarray(coadd.variance)
-    bad = ~np.isfinite(image) | ~np.isfinite(var) | ~(var > 0)
+    bad = ~np.isfinite(image)
+    bad |= ~np.isfinite(var)
+    bad |= ~(var > 0)
     if coadd.mask is not None:
         bad |= (np.asarray(coadd.mask) & masks.UNUSABLE) != 0
-    data = np.where(bad, 0.0, image).astype(np.float32)
-    err = np.sqrt(np.where(bad, 0.0, var)).astype(np.float32)
-    return data, err, bad
+    data = np.array(image, dtype=np.float32)  # new float32 arrays, changed in place
+    data[bad] = 0.0
+    err = np.array(var, dtype=np.result_type(var.dtype, np.float32))  # sqrt at the variance's precision
+    err[bad] = 0.0
+    np.sqrt(err, out=err)
+    return data, err.astype(np.float32, copy=False), bad
 
 
 def mesh_background(data, mask, *, mesh, filter_size=1, min_fraction=0.05):
@@ -187,22 +192,40 @@ def mesh_background(data, mask, *, mesh, filter_size=1, min_fraction=0.05):
 
     (sep.Background discards meshes that are more than half masked, which goes wrong when generous source
     masks cover much of a small or crowded image.)
+
+    Memory: one float32 copy of the pixels, sorted in place mesh by mesh, then the float32 result; the
+    spline is evaluated a strip of rows at a time.
     """
     ny, nx = data.shape
     gy, gx = -(-ny // mesh), -(-nx // mesh)
-    blocks = np.full((gy * mesh, gx * mesh), np.nan, np.float32)
-    blocks[:ny, :nx] = np.where(mask, np.nan, data)
-    blocks = blocks.reshape(gy, mesh, gx, mesh).transpose(0, 2, 1, 3).reshape(gy, gx, mesh * mesh)
-    srt = np.sort(blocks, axis=2)  # NaN (masked) last
+    # the pixels of each mesh in a row of blocks[j, i] (NaN: masked or beyond the image), one strip of
+    # meshes at a time
+    blocks = np.empty((gy, gx, mesh, mesh), np.float32)
+    strip = np.empty((mesh, gx * mesh), np.float32)
+    for j in range(gy):
+        rows = slice(j * mesh, min((j + 1) * mesh, ny))
+        h = rows.stop - rows.start
+        strip.fill(np.nan)
+        strip[:h, :nx] = data[rows]
+        strip[:h, :nx][np.asarray(mask[rows], bool)] = np.nan
+        blocks[j] = strip.reshape(mesh, gx, mesh).transpose(1, 0, 2)
+    del strip
+    blocks = blocks.reshape(gy, gx, mesh * mesh)
+    quarter = blocks[:, :, ::4].copy()  # a quarter of the pixels, for the MAD
+    srt = blocks
+    srt.sort(axis=2)  # in place; NaN (masked) last
     n = np.isfinite(srt).sum(axis=2)
 
-    def median(lo, count):  # median of srt[..., lo:lo + count]
+    def median(srt, lo, count):  # median of srt[..., lo:lo + count]
         i1 = np.clip(lo + (count - 1) // 2, 0, srt.shape[2] - 1)[:, :, None]
         i2 = np.clip(lo + count // 2, 0, srt.shape[2] - 1)[:, :, None]
         return 0.5 * (np.take_along_axis(srt, i1, 2) + np.take_along_axis(srt, i2, 2))[:, :, 0]
 
-    med = median(0, n)
-    sub = np.sort(np.abs(blocks[:, :, ::4] - med[:, :, None]), axis=2)  # MAD from a quarter of the pixels
+    med = median(srt, 0, n)
+    sub = quarter  # MAD from a quarter of the pixels (in place)
+    np.subtract(sub, med[:, :, None], out=sub)
+    np.abs(sub, out=sub)
+    sub.sort(axis=2)
     nsub = np.isfinite(sub).sum(axis=2)
     mad = np.take_along_axis(sub, np.clip((nsub - 1) // 2, 0, sub.shape[2] - 1)[:, :, None], 2)[:, :, 0]
     lo = np.zeros_like(n)
@@ -211,7 +234,8 @@ def mesh_background(data, mask, *, mesh, filter_size=1, min_fraction=0.05):
         for i in range(gx):
             lo[j, i] = np.searchsorted(srt[j, i, :n[j, i]], med[j, i] - 3.0 * 1.4826 * mad[j, i])
             hi[j, i] = np.searchsorted(srt[j, i, :n[j, i]], med[j, i] + 3.0 * 1.4826 * mad[j, i], side="right")
-    med = median(lo, hi - lo)
+    med = median(srt, lo, hi - lo)
+    del srt, blocks, sub, quarter
     good = (hi - lo) >= max(min_fraction * mesh * mesh, 50)
     if not good.any():
         return np.zeros(data.shape, np.float32)
@@ -226,7 +250,11 @@ def mesh_background(data, mask, *, mesh, filter_size=1, min_fraction=0.05):
     if gx == 1:
         cx, grid = np.array([cx[0] - 1.0, cx[0] + 1.0]), np.hstack([grid, grid])
     spline = RectBivariateSpline(cy, cx, grid, kx=min(3, len(cy) - 1), ky=min(3, len(cx) - 1))
-    return spline(np.arange(ny), np.arange(nx)).astype(np.float32)
+    out = np.empty((ny, nx), np.float32)
+    step = max(1, 2**21 // nx)  # rows per strip: the spline's values come in float64
+    for r0 in range(0, ny, step):
+        out[r0:r0 + step] = spline(np.arange(r0, min(r0 + step, ny)), np.arange(nx))
+    return out
 
 
 def wing_radius(flux, a_px, fwhm_px, level):
@@ -243,18 +271,30 @@ def wing_radius(flux, a_px, fwhm_px, level):
 
 
 def _sky(data, err, bad, fwhm_px, *, mesh_px, filter_size, source_thresh, grow_fwhm, wing_sigma=0.05):
+    """Residual background (see :func:`estimate_background`); ``data``, ``err`` and ``bad`` are not changed.
+
+    Memory: besides the inputs, at most four float32 planes (the first-pass residual and the three of
+    :func:`_matched_snr`), then the segmentation map.
+    """
     mesh = int(min(mesh_px, max(64, min(data.shape) // 4)))
-    bkg0 = mesh_background(data, bad, mesh=mesh, filter_size=filter_size)
-    first = Prepared(data=data - bkg0, var=err * err, err=err, bad=bad, nodata=None, sat=None, wcs=None,
-                     pixscale=1.0, fwhm_px=fwhm_px, fwhm_source="")
-    _, seg = extract_snr(matched_snr(first, fwhm_px), bad, source_thresh, deblend_cont=1.0)
+    resid = mesh_background(data, bad, mesh=mesh, filter_size=filter_size)
+    np.subtract(data, resid, out=resid)  # data minus the first background
+    ivar = np.multiply(err, err)
+    np.divide(1.0, ivar, out=ivar, where=~bad)
+    ivar[bad] = 0.0
+    snr = _matched_snr(resid, ivar, fwhm_px)  # consumes ivar
+    del ivar
+    _, seg = extract_snr(snr, bad, source_thresh, deblend_cont=1.0)
+    del snr
     grow = 2 * int(np.ceil(grow_fwhm * fwhm_px)) + 1
-    srcmask = ndimage.maximum_filter(seg > 0, size=grow) | bad
-    objs = segment_properties(first.data, seg, int(seg.max()))
+    srcmask = ndimage.maximum_filter(seg > 0, size=grow)
+    srcmask |= bad
+    objs = segment_properties(resid, seg, int(seg.max()))
+    del seg, resid
     if len(objs["x"]):
         # the faint wings of sources bias the sky high: mask each one out to where its profile falls below
         # wing_sigma x the noise, for a Moffat PSF of its flux and for an exponential of its size
-        sigma = np.median(err[~bad]) if (~bad).any() else 1.0
+        sigma = np.median(err[~bad], overwrite_input=True) if (~bad).any() else 1.0
         radius = np.minimum(wing_radius(objs["flux"], objs["a"], fwhm_px, wing_sigma * sigma), mesh / 2)
         big = radius > grow / 2
         if big.any():
@@ -466,20 +506,31 @@ def pixel_to_sky(wcs, x, y):
 
 def matched_snr(prep, fwhm_px):
     """Matched-filter S/N map ``(K * d/v) / sqrt(K^2 * 1/v)`` for a Gaussian K of the given FWHM."""
+    ivar = np.zeros(prep.var.shape, np.float32)
+    np.divide(1.0, prep.var, out=ivar, where=~prep.bad)
+    return _matched_snr(prep.data, ivar, fwhm_px)
+
+
+def _matched_snr(data, ivar, fwhm_px):
+    """:func:`matched_snr` of ``data`` with inverse variance ``ivar`` (0 on unusable pixels), which it
+    overwrites; three float32 planes in all (``ivar`` and two buffers, one returned)."""
     sigma = max(float(fwhm_px), 1.0) / 2.3548
     half = max(1, int(np.ceil(2.5 * sigma)))
     g = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     g /= g.sum()
-    ivar = np.zeros(prep.var.shape, np.float32)
-    np.divide(1.0, prep.var, out=ivar, where=~prep.bad)
 
-    def smooth(img, k):
-        return ndimage.correlate1d(ndimage.correlate1d(img, k, axis=0, mode="constant"), k, axis=1,
-                                   mode="constant")
+    def smooth(img, k, *, tmp, out):  # separable: along y into tmp, then along x into out
+        ndimage.correlate1d(img, k, axis=0, output=tmp, mode="constant")
+        ndimage.correlate1d(tmp, k, axis=1, output=out, mode="constant")
 
-    num, den = smooth(prep.data * ivar, g), smooth(ivar, g * g)
-    snr = np.zeros_like(num)
-    np.divide(num, np.sqrt(den, out=den), out=snr, where=den > 0)
+    num = np.multiply(data, ivar, dtype=np.float32)
+    tmp = np.empty_like(num)
+    smooth(num, g, tmp=tmp, out=num)  # num is read (into tmp) before it is written
+    smooth(ivar, g * g, tmp=tmp, out=ivar)
+    den = np.sqrt(ivar, out=ivar)
+    snr = tmp
+    snr.fill(0.0)
+    np.divide(num, den, out=snr, where=den > 0)
     return snr
 
 
