@@ -131,8 +131,7 @@ def tract_geometry(wc):
 
 
 def patch_geometry(wc):
-    t = PLAN.skymap[int(wc.tract)]
-    return {"tract": t.to_dict(), "patch": wc.patch}
+    return {"tract": tract_geometry(wc), "patch": wc.patch}
 
 
 def per_filter(pattern):

@@ -77,7 +77,7 @@ rule qa_tract:
         colormag=report(qa_tract_png("colormag"), caption="../report/colormag.rst", category="Tract {tract}",
                         subcategory="object catalog", labels={"tract": "{tract}", "figure": "colour-magnitude"}),
     params:
-        tract=lambda wc: PLAN.skymap[int(wc.tract)].to_dict(),
+        tract=tract_geometry,
         units=coadd_units,
         filters=PLAN.filters,
         nsigma=5.0,

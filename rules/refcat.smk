@@ -10,7 +10,7 @@ rule refcat:
         REFCAT,
     params:
         refcat=config["refcat"],
-        tract=lambda wc: PLAN.skymap[int(wc.tract)].to_dict(),
+        tract=tract_geometry,
     conda:
         "../envs/skysnake.yaml"
     log:

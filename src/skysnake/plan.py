@@ -14,11 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .skymap import SkyMap, skymap_from_config
+
+
+class _OverlapMaps(NamedTuple):
+    patches: dict
+    visits: dict
+    warp_units: dict
 
 
 @dataclass
@@ -46,26 +53,25 @@ class Plan:
 
     @cached_property
     def _overlap_maps(self):
-        """tract -> sorted patches; (tract, patch) -> sorted visits; (tract, patch, visit) -> sorted ccds;
-        (tract, visit) -> {patch: sorted ccds} in patch order."""
+        """The overlaps as lookups: ``patches`` tract -> sorted patches; ``visits`` (tract, patch) ->
+        sorted visits; ``warp_units`` (tract, visit) -> {patch: sorted ccds} in patch order."""
         patches, visits, ccds = {}, {}, {}
         for v, c, t, p in self.overlaps[["visit", "ccd", "tract", "patch"]].itertuples(index=False, name=None):
             t, v, c = int(t), int(v), int(c)
             patches.setdefault(t, set()).add(p)
             visits.setdefault((t, p), set()).add(v)
-            ccds.setdefault((t, p, v), set()).add(c)
-        ccds = {k: sorted(cs) for k, cs in ccds.items()}
-        per_job = {}
-        for t, p, v in sorted(ccds, key=lambda k: (k[0], k[2], _patch_key(k[1]))):
-            per_job.setdefault((t, v), {})[p] = ccds[(t, p, v)]
-        return ({t: sorted(ps, key=_patch_key) for t, ps in patches.items()},
-                {k: sorted(vs) for k, vs in visits.items()}, ccds, per_job)
+            ccds.setdefault((t, v, p), set()).add(c)
+        warp_units = {}
+        for t, v, p in sorted(ccds, key=lambda k: (k[0], k[1], _patch_key(k[2]))):
+            warp_units.setdefault((t, v), {})[p] = sorted(ccds[(t, v, p)])
+        return _OverlapMaps(patches={t: sorted(ps, key=_patch_key) for t, ps in patches.items()},
+                            visits={k: sorted(vs) for k, vs in visits.items()}, warp_units=warp_units)
 
     @cached_property
     def _visits_by_filter(self):
         """(tract, patch, filter) -> sorted visits."""
         out = {}
-        for (t, p), vs in self._overlap_maps[1].items():
+        for (t, p), vs in self._overlap_maps.visits.items():
             for v in vs:
                 out.setdefault((t, p, self.filter_of_visit(v)), []).append(v)
         return out
@@ -89,34 +95,29 @@ class Plan:
 
     @property
     def tracts(self):
-        return sorted(self._overlap_maps[0])
+        return sorted(self._overlap_maps.patches)
 
     def patches(self, tract):
-        return list(self._overlap_maps[0].get(int(tract), []))
+        return list(self._overlap_maps.patches.get(int(tract), []))
 
     def visits_of_patch(self, tract, patch, filter=None):
         if filter is not None:
             return list(self._visits_by_filter.get((int(tract), patch, filter), []))
-        return list(self._overlap_maps[1].get((int(tract), patch), []))
+        return list(self._overlap_maps.visits.get((int(tract), patch), []))
 
     def filters_of_patch(self, tract, patch):
         return sorted({self.filter_of_visit(v) for v in self.visits_of_patch(tract, patch)})
 
     def ccds_of_warp(self, tract, patch, visit):
-        return list(self._overlap_maps[2].get((int(tract), patch, int(visit)), []))
-
-    def warps(self):
-        """All (tract, patch, visit) warp units."""
-        w = self.overlaps[["tract", "patch", "visit"]].drop_duplicates()
-        return [tuple(r) for r in w.itertuples(index=False)]
+        return list(self._overlap_maps.warp_units.get((int(tract), int(visit)), {}).get(patch, []))
 
     def warp_jobs(self):
         """All (tract, visit) warp jobs: one job warps a visit onto every patch of the tract it touches."""
-        return sorted(self._overlap_maps[3])
+        return sorted(self._overlap_maps.warp_units)
 
     def patches_of_visit(self, tract, visit):
         """``{patch: [ccd, ...]}`` of every patch of ``tract`` that the visit may touch, in patch order."""
-        return {p: list(cs) for p, cs in self._overlap_maps[3].get((int(tract), int(visit)), {}).items()}
+        return {p: list(cs) for p, cs in self._overlap_maps.warp_units.get((int(tract), int(visit)), {}).items()}
 
 
 def _patch_key(p):

@@ -171,29 +171,18 @@ class SkyMap:
         """(tract, patch) pairs whose outer box overlaps the polygon with corners (ra, dec), grown by a margin.
 
         The polygon's bounding box in tract pixels is used: generous, never misses an overlap.
+        One polygon of :meth:`overlaps`.
         """
-        out = []
-        for t in self.tracts.values():
-            w = t.wcs()
-            x, y = w.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
-            if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-                continue
-            # a polygon on the far side of the sky projects to nonsense; require it to be near the tract
-            if np.min(_angsep(np.asarray(ra), np.asarray(dec), t.ra, t.dec)) > 60.0:
-                continue
-            m = margin_arcsec / t.pixel_scale
-            xmin, xmax, ymin, ymax = x.min() - m, x.max() + m, y.min() - m, y.max() + m
-            for p in t.patches:
-                x0, y0, x1, y1 = t.outer_box(p)
-                if xmin < x1 and xmax > x0 and ymin < y1 and ymax > y0:
-                    out.append((t.id, p))
-        return out
+        _, tracts, patches = self.overlaps([ra], [dec], margin_arcsec=margin_arcsec)
+        return list(zip(tracts, patches))
 
     def overlaps(self, ra, dec, *, margin_arcsec=30.0):
-        """:meth:`patches_touching` for many polygons at once: ``ra, dec`` are (N, K) corner arrays.
+        """(tract, patch) pairs whose outer box overlaps each of N polygons (corners ``ra, dec``: (N, K)
+        arrays), grown by a margin: the polygon's bounding box in tract pixels is used (generous, never
+        misses an overlap). All polygons are projected at once per tract.
 
         Returns ``(i, tract, patch)`` lists: polygon ``i`` may touch ``patch`` of ``tract``, ordered
-        by polygon, then tract, then patch (row-major), as :meth:`patches_touching` lists them.
+        by polygon, then tract, then patch (row-major).
         """
         ra = np.atleast_2d(np.asarray(ra, float))
         dec = np.atleast_2d(np.asarray(dec, float))
