@@ -34,15 +34,37 @@ def run_demo(workdir, *, cores=2):
     return time.perf_counter() - t0
 
 
+_CPU = re.compile(r"process cpu (\d+\.\d+) s")
+_STARTUP = re.compile(r"process start-up (\d+\.\d+) s")
+
+
+def process_usage(logfile):
+    """``(cpu, startup)`` seconds a job's process logged about itself (skysnake.adapter: exact CPU time at
+    exit, age of the process when logging was set up), None for what the log lacks."""
+    p = Path(logfile)
+    text = p.read_text() if p.exists() else ""
+    cpu, start = _CPU.search(text), _STARTUP.search(text)
+    return (float(cpu.group(1)) if cpu else None), (float(start.group(1)) if start else None)
+
+
 def demo_jobs(results):
-    """Every job of a finished run: ``rule, ids, s, cpu_time, max_rss`` (benchmark file), ``compute`` (sum
-    of the log's timed steps), ``end`` (benchmark file mtime)."""
+    """Every job of a finished run: ``rule, ids, s, max_rss`` (benchmark file), ``cpu_time`` (the CPU time the
+    job's process logged at exit; the benchmark file's sampled ``cpu_time`` where the log has none),
+    ``cpu_sampled`` (the benchmark file's), ``startup`` (logged process start-up, or None), ``compute`` (sum
+    of the log's timed steps), ``end`` (benchmark file mtime).
+
+    Snakemake's benchmark samples a job's CPU time every 0.5 s, so it misses up to the last 0.5 s of every
+    job: on jobs of 1-3 s that is a large under-count, hence the job's own figure."""
     jobs = []
     for tsv in sorted(Path(results, "benchmarks").glob("*/*.tsv")):
         row = read_benchmark(tsv)
         rule, ids = tsv.parent.name, tsv.stem
-        steps = log_steps(Path(results, "logs", rule, f"{ids}.log"))
-        jobs.append({"rule": rule, "ids": ids, "s": row["s"], "cpu_time": row.get("cpu_time", 0.0),
+        logf = Path(results, "logs", rule, f"{ids}.log")
+        steps = log_steps(logf)
+        cpu, startup = process_usage(logf)
+        sampled = float(row.get("cpu_time", 0.0))
+        jobs.append({"rule": rule, "ids": ids, "s": row["s"], "cpu_time": sampled if cpu is None else cpu,
+                     "cpu_sampled": sampled, "cpu_from_log": cpu is not None, "startup": startup,
                      "max_rss": row.get("max_rss", float("nan")), "compute": sum(steps.values()),
                      "timed": bool(steps), "end": tsv.stat().st_mtime})
     return jobs
@@ -79,13 +101,18 @@ def stage_d(ctx, *, cores=2):
     share = metrics.overhead_share(jobs, wall=wall, cores=cores)
     by_rule = {}
     for j in jobs:
-        r = by_rule.setdefault(j["rule"], {"n": 0, "s": 0.0, "cpu": 0.0, "compute": 0.0})
+        r = by_rule.setdefault(j["rule"], {"n": 0, "s": 0.0, "cpu": 0.0, "compute": 0.0, "startup": 0.0})
         r["n"] += 1
         r["s"] += j["s"]
         r["cpu"] += j["cpu_time"]
         r["compute"] += j["compute"]
+        r["startup"] += j["startup"] or 0.0
     return {"wall": wall, "span": span, "n_jobs": len(jobs), "cores": cores,
             "cpu_efficiency": metrics.cpu_efficiency(jobs, wall=wall, cores=cores),
+            "cpu_efficiency_sampled": metrics.cpu_efficiency([{"cpu_time": j["cpu_sampled"]} for j in jobs], wall=wall,
+                                                             cores=cores),
+            "n_cpu_from_log": sum(1 for j in jobs if j["cpu_from_log"]),
+            "process_startup_share": sum(j["startup"] or 0.0 for j in jobs) / (wall * cores),
             "startup_share": share["startup"], "idle_share": share["idle"], "overhead_share": share["total"],
             "bare_startup": floor, "by_rule": by_rule, "jobs": jobs}
 

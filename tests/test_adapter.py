@@ -22,3 +22,30 @@ def test_an_uncaught_exception_is_logged_with_its_traceback_and_still_fails_the_
     assert "Traceback" in text and "in broken" in text
     assert "a bug in the stage" in proc.stderr  # and it is still on stderr, once
     assert proc.stderr.count("Traceback") == 1
+
+
+def test_the_job_log_ends_with_the_process_cpu_time_and_peak_memory(tmp_path):
+    """The exact CPU time of the job's process is logged at exit (Snakemake's benchmark samples it every
+    0.5 s and misses the end of short jobs); a job that spins for ~0.4 s of CPU and holds ~200 MB says so."""
+    import re
+
+    log = tmp_path / "job.log"
+    script = (
+        "import time, numpy as np\n"
+        "from skysnake.adapter import setup_logging\n"
+        f"log = setup_logging({str(log)!r})\n"
+        "a = np.ones(25_000_000)\n"  # 200 MB, touched
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.4:\n"
+        "    pass\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
+    text = log.read_text()
+    start = re.search(r"process start-up (\d+\.\d+) s", text)
+    usage = re.search(r"process cpu (\d+\.\d+) s, peak rss (\d+) MB, wall (\d+\.\d+) s", text)
+    assert start and usage, text
+    cpu, rss, wall = float(usage.group(1)), float(usage.group(2)), float(usage.group(3))
+    assert 0.0 < float(start.group(1)) < wall
+    assert cpu >= 0.4 and cpu <= wall + 0.05  # one thread: no more CPU than wall (10 ms clock ticks)
+    assert 200 <= rss < 400
+    assert text.count("process cpu") == 1

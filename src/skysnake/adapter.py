@@ -5,9 +5,12 @@ Nothing here knows about Snakemake; scripts pass plain paths and dicts.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -37,7 +40,37 @@ def setup_logging(logfile, *, name="skysnake"):
     warnings.simplefilter("default")
     log = logging.getLogger(name)
     _log_uncaught_exceptions(log)
+    started = process_age()
+    if started is not None:
+        log.info("process start-up %.3f s (interpreter and imports, before this line)", started)
+    if not _AT_EXIT:  # once per process, however often logging is set up
+        _AT_EXIT.append(atexit.register(_log_process_usage, log))
     return log
+
+
+_AT_EXIT = []
+
+
+def process_age():
+    """Seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime, in clock ticks since boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _log_process_usage(log):
+    """At exit: the job process's own CPU time and peak memory, exact (Snakemake's benchmark samples them
+    every 0.5 s and so misses the end of short jobs)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru.ru_utime + ru.ru_stime + kids.ru_utime + kids.ru_stime
+    age = process_age()
+    log.info("process cpu %.3f s, peak rss %.0f MB, wall %s (the whole job process)", cpu, ru.ru_maxrss / 1024.0,
+             "?" if age is None else f"{age:.3f} s")
 
 
 def _log_uncaught_exceptions(log):
