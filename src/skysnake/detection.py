@@ -203,24 +203,27 @@ def estimate_background(image, *, mask=None, mesh=128, filter_size=3, mask_sourc
         # sep's mesh statistic is a mode estimate (2.5 median - 1.5 mean), which sits below the mean by
         # ~0.4 * skewness * sigma for Poisson-skewed sky; photometry needs the mean: add the clipped
         # mean of the residual sky pixels (a global constant).
-        offset = _clipped_mean_masked(data - back, ~bad)
+        offset = _clipped_mean_masked(data, back, bad)
         back += np.float32(offset)
     return BackgroundModel(back=back, globalback=float(bkg.globalback) + offset, globalrms=float(bkg.globalrms),
                            _sep=bkg)
 
 
-def _clipped_mean_masked(values, good, *, clip=4.0, max_iter=3, nsample=50_000):
-    """Mean of ``values[good]`` within ``clip`` x (MAD-based) sigma of their median (0 if fewer than 100).
+def _clipped_mean_masked(data, back, bad, *, clip=4.0, max_iter=3, nsample=50_000, rows=128):
+    """Mean of ``data - back`` over the pixels not ``bad``, within ``clip`` x (MAD-based) sigma of their
+    median (0 if 100 or fewer).
 
     The clipping bounds come from a regular subsample of ``nsample`` values (they need only be
-    approximate); the mean uses every good value inside them.
+    approximate); the mean uses every good value inside them, summed ``rows`` rows at a time (no
+    image-sized temporaries).
     """
-    v, g = values.ravel(), good.ravel()
-    n = np.count_nonzero(g)
+    n = data.size - np.count_nonzero(bad)
     if n <= 100:
         return 0.0
-    step = max(1, v.size // nsample)
-    samp = v[::step][g[::step]].astype(np.float64)
+    step = max(1, data.size // nsample)
+    flat_d, flat_b, flat_bad = data.reshape(-1), back.reshape(-1), bad.reshape(-1)
+    keep = ~flat_bad[::step]
+    samp = (flat_d[::step][keep] - flat_b[::step][keep]).astype(np.float64)
     lo, hi = -np.inf, np.inf
     for _ in range(max_iter):
         cur = samp[(samp >= lo) & (samp <= hi)]
@@ -229,9 +232,16 @@ def _clipped_mean_masked(values, good, *, clip=4.0, max_iter=3, nsample=50_000):
         med = np.median(cur)
         sig = 1.4826 * np.median(np.abs(cur - med))
         lo, hi = med - clip * sig, med + clip * sig
-    sel = g & (v >= lo) & (v <= hi)
-    k = np.count_nonzero(sel)
-    return float(np.sum(v, where=sel, dtype=np.float64) / k) if k else 0.0
+    total, k = 0.0, 0
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    for r in range(0, data.shape[0], rows):
+        d = np.subtract(data[r:r + rows], back[r:r + rows])
+        sel = d >= lo32
+        sel &= d <= hi32
+        sel &= ~bad[r:r + rows]
+        k += int(np.count_nonzero(sel))
+        total += float(np.sum(d, where=sel, dtype=np.float64))
+    return total / k if k else 0.0
 
 
 #: sep's (and SExtractor's) default detection kernel: a 3x3 pyramid, ~2 px FWHM
@@ -444,13 +454,16 @@ def measure_sources(image, objects, *, variance, mask=None, aper_radii=(3.0, 5.0
     flags = objects["flag"].astype(np.int32)
 
     rmax = np.clip(6.0 * a, 3.0, 50.0)
-    r50, fl = sep.flux_radius(data, x0, y0, rmax, 0.5, mask=bad, subpix=5)
+    # 3x3 sub-pixels (sep's default is 5x5, and every pixel of the radius is sub-sampled): for r50 < 3 px
+    # the radii differ from 11x11's by -0.003 px on average, 0.044 px at the 99th percentile (benchmark CCD)
+    r50, fl = sep.flux_radius(data, x0, y0, rmax, 0.5, mask=bad, subpix=3)
     flags |= fl.astype(np.int32)
     r50 = np.where(np.isfinite(r50) & (r50 > 0), r50, 1.0)
     sig = 2.0 * r50 / 2.3548
-    # 5x5 sub-pixels on the window's edge (sep's and SExtractor's default is 11x11, twice the cost): the
-    # centroids move by < 0.002 px (on the benchmark CCD), far below the noise of the brightest stars'
-    xw, yw, fw = sep.winpos(data, x0, y0, sig, mask=bad, subpix=5)
+    # whole pixels on the window's edge (sep's and SExtractor's default is 11x11 sub-pixels, 1.5x the
+    # cost): the centroids move by < 0.001 px at the 99th percentile (benchmark CCD), far below the noise
+    # of the brightest stars'
+    xw, yw, fw = sep.winpos(data, x0, y0, sig, mask=bad, subpix=1)
     wbad = (fw != 0) | ~np.isfinite(xw) | ~np.isfinite(yw) | (np.hypot(xw - x0, yw - y0) > np.maximum(2.0, r50))
     x = np.where(wbad, x0, xw)
     y = np.where(wbad, y0, yw)
