@@ -469,8 +469,9 @@ def calibrate_ccd(image, *, header_wcs, refcat, filter, mjd, exptime, gain, read
 
     # 7. outputs ---------------------------------------------------------------------------------------------------
     njy = float(units.nJy_per_adu(zp))
-    exp_image = (sub * np.float32(njy)).astype(np.float32)
-    exp_var = (var * np.float32(njy**2)).astype(np.float32)
+    # in place (both are float32 planes of this function's own making, not used below): no CCD-sized copies
+    exp_image = np.multiply(sub, np.float32(njy), out=sub)
+    exp_var = np.multiply(var, np.float32(njy**2), out=var)
     pix_scale_fit = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0)
     sources = _source_table(cat, wcs=wcs, njy=njy, apcorr=apc["apcorr"], pixscale=pix_scale_fit,
                             radii_as=radii_as, stars=stars, kron=cfg["kron"])
