@@ -14,8 +14,9 @@ from skysnake.skymap import Tract
 sm = snakemake  # noqa: F821
 log = setup_logging(sm.log[0])
 tract = Tract(**sm.params.tract)
-# memory-mapped: only the inner boxes are read, block by block
-coadds = {(p, f): read_exposure(path, planes=("IMAGE", "VARIANCE", "NIMAGE"), memmap=True)
+# lazy planes: only the inner boxes are read, block by block, and nothing stays resident (memory-mapped
+# planes would keep every page read, i.e. most of every coadd of the tract, in the job's RSS)
+coadds = {(p, f): read_exposure(path, planes=("IMAGE", "VARIANCE", "NIMAGE"), lazy=True)
           for (p, f), path in zip(sm.params.units, sm.input.coadds)}
 with timed(log, "depth maps"):
     maps = qa.depth_maps(coadds, tract, nsigma=sm.params.nsigma)
