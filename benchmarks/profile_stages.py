@@ -23,8 +23,8 @@ from pathlib import Path
 import workload
 
 SCRIPT_IMPORTS = {
-    "calibrate": "import pandas; from skysnake import calibrate; from skysnake.adapter import provenance; "
-                 "from skysnake.instruments import read_raw; from skysnake.io import write_exposure",
+    "calibrate": "from skysnake.adapter import provenance, setup_logging; "
+                 "from skysnake.calibrate_files import calibrate_file",
     "warp": "from skysnake import quality, warp; from skysnake.io import read_exposure; from skysnake.skymap import Tract",
     "coadd": "from skysnake import coadd, multiband; from skysnake.io import read_exposure",
 }

@@ -75,7 +75,8 @@ def sextractor_runs():
 
 
 def stage_a(ctx, *, repeat):
-    """(a) detection + photometry of one CCD in-process vs SExtractor; the calibrate job as Snakemake runs it."""
+    """(a) detection + photometry of one CCD in-process vs SExtractor; the calibrate job as Snakemake runs it,
+    on a visit of 8 CCDs against SExtractor on the same 8 CCDs, and on a visit of 1 CCD."""
     work, cfg = ctx["work"], ctx["config"]
     path = workload.raw_path(work, workload.VISITS[0])
     peer = ctx["peers"]["sextractor"]
@@ -101,24 +102,43 @@ def stage_a(ctx, *, repeat):
         ours = {"x": cat["x"].to_numpy(), "y": cat["y"].to_numpy(), "flux": cat["flux_cmp"].to_numpy(),
                 "fluxerr": cat["fluxerr_cmp"].to_numpy()}
         out["agreement"] = metrics.catalog_agreement(ours, cats["peer"], radius=1.0, min_snr=20.0)
-    # the calibrate job as Snakemake runs it: a real snakemake call forcing that one job
-    target = f"results/calexp/{workload.VISITS[0]}/calexp-{workload.VISITS[0]}-{workload.CCD}.fits"
-    bench = Path(work) / "results" / "benchmarks" / "calibrate" / f"{workload.VISITS[0]}-{workload.CCD}.tsv"
-    logf = Path(work) / "results" / "logs" / "calibrate" / f"{workload.VISITS[0]}-{workload.CCD}.log"
-    procs, jobs, logsteps = [], [], []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        p = subprocess.run(workload.snakemake_cmd(work, target, "--force", "--cores", "1", configfiles=[cfg]),
-                           capture_output=True, text=True, timeout=900)
-        procs.append(time.perf_counter() - t0)
-        if p.returncode != 0:
-            raise RuntimeError(f"snakemake calibrate failed:\n{p.stderr[-3000:]}")
-        jobs.append(read_benchmark(bench)["s"])
-        logsteps.append(log_steps(logf))
-    out["job_s"] = float(np.median(jobs))
-    out["snakemake_process"] = float(np.median(procs))
+    # the calibrate job as Snakemake runs it (one job per visit): a real snakemake call forcing that one job,
+    # on the mosaic visit of 8 CCDs, alternating with SExtractor on the same 8 raw CCDs
+    mosaic, mosaic_cfg = workload.prepare_mosaic(work)
+    raws = [workload.raw_path(mosaic, workload.MOSAIC_VISIT, c) for c in workload.MOSAIC_CCDS]
+    procs, jobs, logsteps, sex = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench-sex-") as tmp:
+        for _ in range(repeat):
+            job = run_calibrate_job(mosaic, mosaic_cfg, workload.MOSAIC_VISIT)
+            procs.append(job["process"])
+            jobs.append(job["s"])
+            logsteps.append(job["steps"])
+            if peer is not None:
+                sex.append(sum(peers.run_sextractor(peer, r, tmp, **runs["peer"])["wall"] for r in raws))
+    out["mosaic_nccd"] = len(raws)
+    out["mosaic_job_s"] = float(np.median(jobs))
+    out["mosaic_peer"] = float(np.median(sex)) if sex else None
+    out["mosaic_snakemake_process"] = float(np.median(procs))
     out["job_steps"] = {k: float(np.median([s.get(k, np.nan) for s in logsteps])) for k in logsteps[0]}
+    # for information: the job of a visit of one CCD (the 20-visit survey's camera)
+    one = [run_calibrate_job(work, cfg, workload.VISITS[0]) for _ in range(repeat)]
+    out["job_s"] = float(np.median([j["s"] for j in one]))
+    out["snakemake_process"] = float(np.median([j["process"] for j in one]))
     return out
+
+
+def run_calibrate_job(work, cfg, visit):
+    """Force the calibrate job of ``visit`` with ``snakemake --cores 1``: its benchmark wall ``s``, the wall of the
+    whole ``snakemake`` ``process`` and the ``steps`` its log times (summed over its CCDs)."""
+    bench = Path(work) / "results" / "benchmarks" / "calibrate" / f"{visit}.tsv"
+    t0 = time.perf_counter()
+    p = subprocess.run(workload.snakemake_cmd(work, f"results/calexp/{visit}", "--force", "--cores", "1",
+                                              configfiles=[cfg]), capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"snakemake calibrate failed:\n{p.stderr[-3000:]}")
+    return {"s": read_benchmark(bench)["s"], "process": wall,
+            "steps": log_steps(Path(work) / "results" / "logs" / "calibrate" / f"{visit}.log")}
 
 
 def read_benchmark(path):
@@ -134,11 +154,12 @@ def read_benchmark(path):
     return row
 
 
-_TIMED = re.compile(r"INFO skysnake: (.+?): (\d+\.\d+) s$")
+_TIMED = re.compile(r"INFO skysnake: (?:visit \d+ ccd \d+: )?(.+?): (\d+\.\d+) s$")
 
 
 def log_steps(path):
-    """``{step: seconds}`` of the ``timed`` lines of a job's log (skysnake.adapter.timed)."""
+    """``{step: seconds}`` of the ``timed`` lines of a job's log (skysnake.adapter.timed), summed over the
+    CCDs of a calibrate job (its lines start ``visit V ccd C: ``)."""
     out = {}
     p = Path(path)
     if not p.exists():

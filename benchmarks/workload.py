@@ -38,6 +38,13 @@ BENCH_CONFIG = {
 VISITS = list(range(1000, 1020))
 CCD = 1
 
+#: a second, small survey (in the folder ``MOSAIC_DIR`` of the work folder) for the calibrate job of stage (a):
+#: one visit of a 4 x 2 mosaic of the same 2048x4096 CCDs, same sky, noise and source density
+MOSAIC_DIR = "mosaic"
+MOSAIC_CONFIG = {**BENCH_CONFIG, "sim": {**BENCH_CONFIG["sim"], "visits_per_filter": 1, "ccd_cols": 4, "ccd_rows": 2}}
+MOSAIC_VISIT = 1000
+MOSAIC_CCDS = list(range(1, 9))
+
 
 def snakemake_cmd(workdir, *args, configfiles=()):
     """The snakemake command line of the workflow in ``workdir`` (config: the repo's, then ``configfiles``)."""
@@ -70,6 +77,27 @@ def prepare(workdir, *, cores=2, log=print):
         raise RuntimeError(f"making the benchmark CCDs failed:\n{p.stderr[-4000:]}")
     log(f"made {len(VISITS)} raw CCDs and the refcat in {time.perf_counter() - t0:.1f} s")
     return cfg
+
+
+def prepare_mosaic(workdir, *, cores=2, log=print):
+    """Make the mosaic survey's raw CCDs and refcats in ``workdir / MOSAIC_DIR`` with the workflow (skipped when
+    they exist). Returns ``(folder, config file)``."""
+    folder = Path(workdir) / MOSAIC_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "mosaic-config.yaml"
+    cfg.write_text(yaml.safe_dump(MOSAIC_CONFIG, sort_keys=False))
+    raws = [raw_path(folder, MOSAIC_VISIT, c) for c in MOSAIC_CCDS]
+    done = folder / ".prepared"  # the refcats' tracts come from the plan: the run itself says they were made
+    if all(p.exists() for p in raws) and done.exists():
+        return folder, cfg
+    t0 = time.perf_counter()
+    p = subprocess.run(snakemake_cmd(folder, "--until", "simulate_visit", "refcat", "--cores", str(cores),
+                                     configfiles=[cfg]), capture_output=True, text=True, timeout=1800)
+    if p.returncode != 0 or not all(r.exists() for r in raws):
+        raise RuntimeError(f"making the mosaic benchmark CCDs failed:\n{p.stderr[-4000:]}")
+    done.write_text("")
+    log(f"made the {len(raws)} raw CCDs of the mosaic visit and its refcats in {time.perf_counter() - t0:.1f} s")
+    return folder, cfg
 
 
 def load_ccd(workdir, visit):

@@ -23,6 +23,8 @@ RAW_SIM = f"{R}/sim/raw/{{visit}}/raw-{{visit}}-{{ccd}}.fits"
 TRUTH_CCD = f"{R}/sim/truth/{{visit}}/truth-{{visit}}-{{ccd}}.json"
 INDEX = f"{R}/ingest/index.parquet"
 REFCAT = f"{R}/refcat/refcat-{{tract}}.parquet"
+# one calibrate job per visit writes its CCDs' calexp, sources and summary files into one folder
+CALEXP_DIR = f"{R}/calexp/{{visit}}"
 CALEXP = f"{R}/calexp/{{visit}}/calexp-{{visit}}-{{ccd}}.fits"
 SOURCES = f"{R}/calexp/{{visit}}/sources-{{visit}}-{{ccd}}.parquet"
 SUMMARY = f"{R}/calexp/{{visit}}/summary-{{visit}}-{{ccd}}.json"
@@ -66,18 +68,32 @@ SIM_CCDS = sorted(PLAN.index["ccd"].unique().tolist()) if config["inputs"]["sour
 
 
 # --- input functions -------------------------------------------------------------------
-def raw_of_ccd(wc):
-    return PLAN.raw(wc.visit, wc.ccd)["raw"]
+def raws_of_visit(wc):
+    """The visit's raw files, in CCD order (a file holding several CCDs once)."""
+    return list(dict.fromkeys(PLAN.raw(wc.visit, c)["raw"] for c in PLAN.ccds_of_visit(wc.visit)))
 
 
-def refcat_of_ccd(wc):
-    return REFCAT.format(tract=PLAN.refcat_tract[(int(wc.visit), int(wc.ccd))])
+def refcat_files_of_visit(wc):
+    """The refcats the visit's CCDs are calibrated against (a visit may span tracts), each once."""
+    return sorted(set(refcats_of_visit(wc)))
 
 
-def raw_info(wc):
-    row = PLAN.raw(wc.visit, wc.ccd)
-    return {"hdu": int(row["hdu"]), "visit": int(wc.visit), "ccd": int(wc.ccd), "filter": str(row["filter"]),
-            "mjd": float(row["mjd"]), "exptime": float(row["exptime"])}
+def calibrate_units(wc):
+    """``{ccd: unit}``: what the visit's calibrate job needs per CCD, in plan order (``skysnake.calibrate_files``):
+    the raw file and HDU, the refcat, the plan's filter, epoch and exposure time, and the three output files."""
+    out = {}
+    for c in PLAN.ccds_of_visit(wc.visit):
+        row = PLAN.raw(wc.visit, c)
+        ids = {"visit": int(wc.visit), "ccd": c}
+        out[c] = {"raw": row["raw"], "refcat": REFCAT.format(tract=PLAN.refcat_tract[(int(wc.visit), c)]),
+                  "hdu": int(row["hdu"]), **ids, "filter": str(row["filter"]), "mjd": float(row["mjd"]),
+                  "exptime": float(row["exptime"]), "calexp": CALEXP.format(**ids),
+                  "sources": SOURCES.format(**ids), "summary": SUMMARY.format(**ids)}
+    return out
+
+
+def ccds_of_visit(wc):
+    return PLAN.ccds_of_visit(wc.visit)
 
 
 def refcat_source(wc):
@@ -89,7 +105,12 @@ def refcat_source(wc):
     return []
 
 
+def all_calexp_dirs(wc=None):
+    return [CALEXP_DIR.format(visit=v) for v in PLAN.visits]
+
+
 def all_summaries(wc=None):
+    """Every CCD's summary, inside :func:`all_calexp_dirs`."""
     return [SUMMARY.format(visit=v, ccd=c) for v, c in PLAN.index[["visit", "ccd"]].itertuples(index=False)]
 
 
@@ -99,7 +120,7 @@ def warp_units(wc):
 
 
 def calexps_of_warp(wc):
-    """The visit's CCDs that may land on some patch of the tract."""
+    """The visit's CCDs that may land on some patch of the tract (inside the visit's ``CALEXP_DIR``)."""
     ccds = sorted({c for cs in warp_units(wc).values() for c in cs})
     return [CALEXP.format(visit=wc.visit, ccd=c) for c in ccds]
 
@@ -110,6 +131,7 @@ def largest_warp(wc):
 
 
 def summaries_of_visit(wc):
+    """The summaries of the visit's CCDs, inside its ``CALEXP_DIR``."""
     return [SUMMARY.format(visit=wc.visit, ccd=c) for c in PLAN.ccds_of_visit(wc.visit)]
 
 

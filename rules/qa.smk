@@ -12,8 +12,7 @@
 rule qa_visit:
     """Astrometric residuals against the refcat, and per-CCD zeropoint, seeing and astrometric rms."""
     input:
-        sources=sources_of_visit,
-        summaries=summaries_of_visit,
+        calexp_dir=CALEXP_DIR,
         refcats=refcats_of_visit,
     output:
         astrometry=report(QA_ASTROMETRY, caption="../report/astrometry.rst", category="Visits",
@@ -21,6 +20,8 @@ rule qa_visit:
         focal_plane=report(QA_FOCAL_PLANE, caption="../report/focal_plane.rst", category="Visits",
                            subcategory="visit {visit}", labels={"visit": "{visit}", "figure": "CCD focal-plane maps"}),
     params:
+        sources=sources_of_visit,
+        summaries=summaries_of_visit,
         footprints=visit_footprints,
         quality=config["quality"],
     conda:

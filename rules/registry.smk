@@ -1,4 +1,4 @@
-# The CCD registry (sqlite): one job gathers every CCD's summary, so per-CCD jobs
+# The CCD registry (sqlite): one job gathers every CCD's summary, so calibrate jobs
 # never write the database concurrently. It records status, reason, and whether
 # the quality cuts admit the CCD to warps and coadds.
 
@@ -6,10 +6,11 @@
 rule registry:
     """sqlite table of all CCDs: footprints, seeing, zeropoints, astrometric rms, status, selection."""
     input:
-        all_summaries,
+        all_calexp_dirs,
     output:
         REGISTRY,
     params:
+        summaries=all_summaries,
         quality=config["quality"],
         problems=input_problems_records,
     conda:

@@ -9,11 +9,12 @@
 rule warp:
     """The visit's selected CCDs resampled onto each patch's outer box (one file per patch)."""
     input:
-        calexps=calexps_of_warp,
-        summaries=summaries_of_visit,
+        calexp_dir=CALEXP_DIR,
     output:
         directory(WARP_DIR),
     params:
+        calexps=calexps_of_warp,
+        summaries=summaries_of_visit,
         tract=tract_geometry,
         units=warp_units,
         warp=config["warp"],

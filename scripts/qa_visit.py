@@ -1,10 +1,11 @@
 """QA of one visit: astrometric residuals against the refcat, and per-CCD focal-plane maps.
 
-Inputs: ``sources``, ``summaries`` and ``refcats`` (the reference catalog it was calibrated against) of every
-CCD of the visit, in the same order.
+Inputs: ``calexp_dir`` (the folder of the visit's calibrated CCDs) and ``refcats`` (the reference catalog each
+CCD was calibrated against, CCD by CCD).
 Outputs: ``astrometry`` (PNG: residual histograms, residual vs magnitude, residual vectors over the focal
 plane), ``focal_plane`` (PNG: zeropoint, seeing and astrometric rms per CCD).
-Params: ``footprints`` (approximate CCD corners, for CCDs without a fitted WCS), ``quality`` (the cuts, to
+Params: ``sources`` and ``summaries`` (the files of every CCD of the visit inside ``calexp_dir``, in the order of
+``refcats``), ``footprints`` (approximate CCD corners, for CCDs without a fitted WCS), ``quality`` (the cuts, to
 mark CCDs left out of the coadds).
 """
 
@@ -19,12 +20,12 @@ from skysnake.quality import select_ccds
 sm = snakemake  # noqa: F821
 log = setup_logging(sm.log[0])
 visit = int(sm.wildcards.visit)
-summaries = [read_json(p) for p in sm.input.summaries]
+summaries = [read_json(p) for p in sm.params.summaries]
 decisions = {d["ccd"]: d for d in select_ccds(summaries, cuts=sm.params.quality)}
 refcats = {p: read_table(p) for p in set(sm.input.refcats)}
 
 rows, resid = [], []
-for s, src_path, ref_path in zip(summaries, sm.input.sources, sm.input.refcats):
+for s, src_path, ref_path in zip(summaries, sm.params.sources, sm.input.refcats):
     ccd = int(s["ccd"])
     corners = s.get("corners") or sm.params.footprints[ccd]
     rows.append({**s, "corners": corners, "selected": decisions[ccd]["selected"],
@@ -39,7 +40,7 @@ filt = next((s.get("filter") for s in summaries if s.get("filter")), "?")
 n_ok = int((ccds["status"] == "ok").sum())
 label = f"visit {visit} ({filt}, {n_ok}/{len(ccds)} CCDs calibrated)"
 prov = provenance(config={"quality": sm.params.quality},
-                  inputs=[*sm.input.sources, *sm.input.summaries, *sorted(set(sm.input.refcats))])
+                  inputs=[*sm.params.sources, *sm.params.summaries, *sorted(set(sm.input.refcats))])
 
 st = qa.residual_stats(resid)
 log.info("astrometric residuals: %d stars, rms %.1f mas (east %.1f, north %.1f)", st["n"], st["rms"], st["rms_ra"],

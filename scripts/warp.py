@@ -1,11 +1,12 @@
 """Warp one visit's calibrated CCDs onto every patch of a tract that the visit touches.
 
-Inputs: ``calexps`` (the visit's CCDs that may touch a patch of the tract), ``summaries``
-(all of the visit's CCD summaries: the quality cuts compare CCDs within a visit).
+Inputs: ``calexp_dir`` (the folder of the visit's calibrated CCDs).
 Outputs: one folder holding a warp per patch, ``warp-{tract}-{patch}-{visit}.fits`` (FITS on the
 sub-box of the patch's outer grid the visit covers; an empty warp when none of its CCDs is usable
 or lands on the patch). Patches are done one at a time: only one patch's CCDs are in memory.
-Params: ``tract`` (geometry), ``units`` ({patch: [ccd, ...]}).
+Params: ``tract`` (geometry), ``units`` ({patch: [ccd, ...]}), ``calexps`` (the files, inside ``calexp_dir``, of
+the visit's CCDs that may touch a patch of the tract), ``summaries`` (all of the visit's CCD summaries: the
+quality cuts compare CCDs within a visit).
 Config: ``warp.*`` (kernel, grid_step), ``quality.*`` (cuts).
 """
 
@@ -21,9 +22,9 @@ log = setup_logging(sm.log[0])
 set_threads(sm.threads)
 tract = Tract(**sm.params.tract)
 visit = int(sm.wildcards.visit)
-summaries = [read_json(p) for p in sm.input.summaries]
+summaries = [read_json(p) for p in sm.params.summaries]
 decisions = {d["ccd"]: d for d in quality.select_ccds(summaries, cuts=sm.params.quality)}
-calexp_of = {int(Path(p).stem.rsplit("-", 1)[1]): p for p in sm.input.calexps}
+calexp_of = {int(Path(p).stem.rsplit("-", 1)[1]): p for p in sm.params.calexps}
 for ccd in sorted(calexp_of):
     if not decisions[ccd]["selected"]:
         log.info("ccd %d left out: %s", ccd, decisions[ccd]["reason"])

@@ -139,7 +139,7 @@ def test_slurm_run_reports_the_job_killed_for_memory_and_finishes_the_others(run
     proc, work = runs["slurm"], runs["work"]["slurm"]
     text = _out(proc)
     assert proc.returncode != 0, "a job was killed: the run must fail"
-    assert "Error in group per_visit" in text or "Error in rule qa_visit" in text
+    assert "Error in group visit_qa" in text or "Error in rule qa_visit" in text
     # Slurm's own log of the killed job says why
     slurm_logs = "".join(p.read_text(errors="replace") for p in (work / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert "exceeded memory limit" in slurm_logs.lower() or "oom" in slurm_logs.lower()
@@ -172,7 +172,7 @@ def test_grouping_submits_fewer_cluster_jobs(runs):
     slurm_jobs = _submitted(_out(runs["slurm"])) + _submitted(_out(runs["slurm_rerun"]))
     pbs_jobs = _submitted(_out(runs["pbs"]))
     n_qa = 2
-    # 4 calibrations + 2 simulated visits -> 1 job; 1 patch's warps, coadds, measurement -> 1 job each
+    # 2 simulated visits, their 2 calibrate jobs and their warps -> 1 job; 1 patch's warps, coadds, measurement -> 1 job each
     assert slurm_jobs <= jobs - 10, (slurm_jobs, jobs)
     assert pbs_jobs <= jobs - n_qa - 10, (pbs_jobs, jobs)
 

@@ -126,14 +126,32 @@ def test_the_run_goes_on_and_builds_the_catalog_from_the_good_ccds(faulty_run):
 def test_status_lists_every_failed_ccd_with_code_reason_and_log(faulty_run):
     st = _status(faulty_run["dir"], faulty_run["config"])
     counts = st.counts()
-    assert counts.loc["calibrate"].to_dict() == {"total": 12, "done": 5, "failed": 7, "running": 0,
-                                                 "interrupted": 0, "pending": 0}
-    assert (counts.drop(index="calibrate")["done"] == counts.drop(index="calibrate")["total"]).all()
+    assert (counts["done"] == counts["total"]).all()  # every job finished: the 3 calibrate jobs too
+    assert counts.loc["calibrate", "total"] == 3
+    assert st.ccd_counts() == {"total": 12, "done": 5, "failed": 7, "running": 0, "interrupted": 0, "pending": 0}
     text = status.format_status(st)
+    assert f"Failed CCDs ({len(FAULTS)}):" in text
     for (visit, ccd), (_, codes) in FAULTS.items():
         line = next(li for li in text.splitlines() if li.startswith(f"  visit {visit} ccd {ccd} ["))
         assert line.split("[")[1].split("]")[0] in codes and f"raw-{visit}-{ccd}.fits" in line
-        assert f"log: results/logs/calibrate/{visit}-{ccd}.log" in text
+        assert f"log: results/logs/calibrate/{visit}.log" in text
+
+
+@pytest.mark.workflow
+def test_one_job_per_visit_calibrates_its_good_ccds_beside_its_bad_ones(faulty_run):
+    res = faulty_run["results"]
+    assert sorted(p.name for p in (res / "benchmarks" / "calibrate").iterdir()) == ["1000.tsv", "1001.tsv", "1002.tsv"]
+    # visit 1000: 3 broken CCDs and a good one, in one job: every CCD has its 3 files, the good one has data
+    folder = res / "calexp" / "1000"
+    assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} == {
+        f"{kind}-1000-{c}.{ext}" for c in (1, 2, 3, 4)
+        for kind, ext in (("calexp", "fits"), ("sources", "parquet"), ("summary", "json"))}
+    assert not read_exposure(folder / "calexp-1000-4.fits").is_empty
+    assert len(read_table(folder / "sources-1000-4.parquet")) > 50
+    assert read_exposure(folder / "calexp-1000-1.fits").is_empty
+    log = (res / "logs" / "calibrate" / "1000.log").read_text()
+    assert "visit 1000 ccd 4 calibrated" in log and "visit 1000 ccd 3 failed (no_wcs)" in log
+    assert log.index("visit 1000 ccd 3 failed") < log.index("visit 1000 ccd 4 calibrated")  # went on after it
 
 
 # --- input files on disk: a CCD missing, a header without WCS, random bytes ---------------------------------

@@ -18,7 +18,7 @@ from conftest import REPO, jobs_of_dry_run, run_snakemake
 from skysnake import status
 from skysnake.io import write_json
 
-SMALL = {"sim": {"filters": ["r"], "visits_per_filter": 2, "ccd_nx": 512, "ccd_ny": 1024},
+SMALL = {"sim": {"filters": ["r"], "visits_per_filter": 3, "ccd_nx": 512, "ccd_ny": 1024},
          "skymap": {"patch_inner_px": 2000}}
 
 
@@ -82,16 +82,16 @@ def laid_out(work):
                 _touch(work, o)
     ok = {"status": "ok", "seeing_arcsec": 0.8}
     failed = {"status": "failed", "code": "no_wcs", "reason": "raw-1000-3.fits[0]: no usable header WCS"}
-    for (v, c), summary in {(1000, 1): ok, (1000, 2): ok, (1000, 3): failed, (1001, 1): ok}.items():
-        r = by[("calibrate", f"visit {v} ccd {c}")]
-        for o in r.outputs[:2]:
-            _touch(work, o)
-        write_json(work / r.outputs[2], {**summary, "visit": v, "ccd": c})
-    # a calibrate job that was running when Snakemake was killed: its outputs are marked incomplete
-    inter = by[("calibrate", "visit 1001 ccd 2")]
-    for o in inter.outputs:
-        _mark_incomplete(work, o)
-    _touch(work, inter.outputs[0])  # the orphaned job may even have written an output: still incomplete
+    # visit 1000's calibrate job finished: one folder, 3 CCDs calibrated and one recorded as failed
+    for (v, c), summary in {(1000, 1): ok, (1000, 2): ok, (1000, 3): failed, (1000, 4): ok}.items():
+        for o in status.CCD_FILES[:2]:
+            _touch(work, "results/" + o.format(visit=v, ccd=c))
+        write_json(work / "results" / status.CCD_FILES[2].format(visit=v, ccd=c), {**summary, "visit": v, "ccd": c})
+    # visit 1001's job was running when Snakemake was killed: its folder is marked incomplete, though the
+    # orphaned job wrote some of its CCDs' files
+    inter = by[("calibrate", "visit 1001")]
+    _mark_incomplete(work, inter.outputs[0])
+    write_json(work / "results" / status.CCD_FILES[2].format(visit=1001, ccd=1), {**ok, "visit": 1001, "ccd": 1})
     _touch(work, "results/calexp/1001/.calexp-1001-2.fits.abc123.tmp")  # a stray temp file
     # a warp whose job was killed (the log Snakemake writes), with its job log
     warp = next(r for r in units.itertuples() if r.stage == "warp")
@@ -108,18 +108,25 @@ def laid_out(work):
 def test_states_of_a_run_stopped_half_way(work, laid_out):
     st = status.collect_status(work, _config(work))
     u = st.units.set_index(["stage", "unit"])
-    assert u.loc[("calibrate", "visit 1000 ccd 1"), "state"] == "done"
-    bad = u.loc[("calibrate", "visit 1000 ccd 3")]
-    assert (bad.state, bad.code) == ("failed", "no_wcs") and "raw-1000-3.fits" in bad.reason
-    assert bad.log == "results/logs/calibrate/1000-3.log"
-    assert u.loc[("calibrate", "visit 1001 ccd 2"), "state"] == "interrupted"  # no Snakemake alive
+    # job states: one calibrate job per visit (a folder)
+    assert u.loc[("calibrate", "visit 1000"), "state"] == "done"
+    assert u.loc[("calibrate", "visit 1001"), "state"] == "interrupted"  # no Snakemake alive
+    assert u.loc[("calibrate", "visit 1002"), "state"] == "pending"
     w = u.loc[("warp", laid_out["warp"].unit)]
     assert w.state == "failed" and "SIGKILL" in w.reason and ".snakemake/log/" in w.reason
-    assert u.loc[("calibrate", "visit 1001 ccd 3"), "state"] == "pending"
     counts = st.counts()
-    assert counts.loc["calibrate"].to_dict() == {"total": 8, "done": 3, "failed": 1, "running": 0,
-                                                 "interrupted": 1, "pending": 3}
-    assert counts.loc["simulate_visit", "done"] == 2 and counts.loc["object_catalog", "pending"] == 1
+    assert counts.loc["calibrate"].to_dict() == {"total": 3, "done": 1, "failed": 0, "running": 0,
+                                                 "interrupted": 1, "pending": 1}
+    # CCD states: a finished visit's CCDs from their summaries, the others from their visit's job
+    c = st.ccds.set_index(["visit", "ccd"])
+    assert c.loc[(1000, 1), "state"] == "done"
+    bad = c.loc[(1000, 3)]
+    assert (bad.state, bad.code) == ("failed", "no_wcs") and "raw-1000-3.fits" in bad.reason
+    assert bad.log == "results/logs/calibrate/1000.log"
+    assert c.loc[(1001, 1), "state"] == "interrupted"  # its summary exists, but its job did not finish
+    assert c.loc[(1002, 3), "state"] == "pending"
+    assert st.ccd_counts() == {"total": 12, "done": 3, "failed": 1, "running": 0, "interrupted": 4, "pending": 4}
+    assert counts.loc["simulate_visit", "done"] == 3 and counts.loc["object_catalog", "pending"] == 1
     assert (counts["total"] == counts[status.STATES].sum(axis=1)).all()
     assert not st.snakemake["running"]
     assert any(n["kind"] == "temp_files" for n in st.notes)
@@ -129,11 +136,12 @@ def test_report_lists_failures_with_reason_and_log_and_says_how_to_resume(work, 
     st = status.collect_status(work, _config(work))
     text = status.format_status(st)
     assert "visit 1000 ccd 3 [no_wcs] raw-1000-3.fits[0]: no usable header WCS" in text
-    assert "log: results/logs/calibrate/1000-3.log" in text
+    assert "log: results/logs/calibrate/1000.log" in text
     assert f"warp {laid_out['warp'].unit}: the job's process was killed by signal SIGKILL (9)" in text
     assert f"log: {laid_out['warp'].log}" in text
     assert "1 job(s) were interrupted" in text and "--rerun-incomplete" in text
-    assert re.search(r"^calibrate\s+8\s+3\s+1\s+0\s+1\s+3$", text, re.MULTILINE)
+    assert re.search(r"^calibrate\s+3\s+1\s+0\s+0\s+1\s+1$", text, re.MULTILINE)
+    assert re.search(r"^  CCDs\s+12\s+3\s+1\s+0\s+4\s+4$", text, re.MULTILINE)
 
 
 def test_cli_prints_json_and_exits_nonzero_on_failures(work, laid_out):
@@ -142,14 +150,15 @@ def test_cli_prints_json_and_exits_nonzero_on_failures(work, laid_out):
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["counts"]["calibrate"]["failed"] == 1
+    assert data["ccd_counts"]["failed"] == 1 and data["counts"]["calibrate"]["done"] == 1
     failed = [u for u in data["units"] if u["state"] == "failed"]
-    assert {(u["stage"], u["code"]) for u in failed} == {("calibrate", "no_wcs"), ("warp", "job_failed")}
+    assert {(u["stage"], u["code"]) for u in failed} == {("warp", "job_failed")}
+    assert [(c["visit"], c["ccd"], c["code"]) for c in data["ccds"] if c["state"] == "failed"] == [(1000, 3, "no_wcs")]
     # a --config override is applied as in snakemake: another results folder has nothing done
     proc = subprocess.run(cmd + ["--config", "results=elsewhere"], check=False, capture_output=True, text=True,
                           timeout=120)
     data = json.loads(proc.stdout)
-    assert proc.returncode == 0 and data["counts"]["calibrate"]["pending"] == 8
+    assert proc.returncode == 0 and data["counts"]["calibrate"]["pending"] == 3 and data["ccd_counts"]["pending"] == 12
 
 
 def test_cli_without_config_says_what_to_pass(tmp_path):

@@ -60,7 +60,7 @@ def _status(args):
         print(json.dumps(st.to_dict(), indent=1, default=str))
     else:
         print(format_status(st, max_list=args.max_list), end="")
-    failed = (st.units.state == "failed").any() or len(st.problems)
+    failed = (st.units.state == "failed").any() or (st.ccds.state == "failed").any() or len(st.problems)
     return 1 if failed else 0
 
 

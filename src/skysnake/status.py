@@ -12,10 +12,12 @@ while a run is in progress or after it stopped:
   (``Error in rule ...`` blocks name the outputs of failed jobs), and the live processes of the
   working directory (``/proc``), to tell a running job from an interrupted one.
 
-A unit is ``done`` when all its outputs exist and none is marked incomplete; ``failed`` when its
-data could not be processed (a CCD whose summary says ``failed``) or its job failed (Snakemake
-logged an error and the outputs are missing); ``running`` or ``interrupted`` when an output is
-marked incomplete (with or without a live Snakemake); ``pending`` otherwise. Whether an existing
+A unit is ``done`` when all its outputs exist and none is marked incomplete; ``failed`` when its job
+failed (Snakemake logged an error and the outputs are missing); ``running`` or ``interrupted`` when an
+output is marked incomplete (with or without a live Snakemake); ``pending`` otherwise. The calibrate job
+is a visit, but its data unit is the CCD: each CCD of the plan also gets a state (:attr:`Status.ccds`),
+its visit's job state until that job is done, then ``done`` or ``failed`` from the CCD's summary (a
+CCD whose data could not be calibrated says ``failed``, with the reason). Whether an existing
 output is out of date (changed parameters or code) is Snakemake's decision: ``snakemake -n`` says.
 """
 
@@ -41,8 +43,7 @@ STAGES = {
     "simulate_visit": ([], "logs/simulate_visit/{visit}.log"),  # outputs: every CCD of the visit
     "ingest": (["ingest/index.parquet"], "logs/ingest/ingest.log"),
     "refcat": (["refcat/refcat-{tract}.parquet"], "logs/refcat/{tract}.log"),
-    "calibrate": (["calexp/{visit}/calexp-{visit}-{ccd}.fits", "calexp/{visit}/sources-{visit}-{ccd}.parquet",
-                   "calexp/{visit}/summary-{visit}-{ccd}.json"], "logs/calibrate/{visit}-{ccd}.log"),
+    "calibrate": (["calexp/{visit}"], "logs/calibrate/{visit}.log"),  # a folder: the files of the visit's CCDs
     "registry": (["registry.sqlite"], "logs/registry/registry.log"),
     "skymap": (["skymap.json"], "logs/skymap/skymap.log"),
     "warp": (["warp/{tract}/{visit}"], "logs/warp/{tract}-{visit}.log"),  # a folder: the visit on each patch
@@ -68,20 +69,26 @@ STAGES = {
     "qa_truth": ([f"qa/tract/{{tract}}/{n}-{{tract}}.png" for n in ("truth-completeness", "truth-photometry")],
                  "logs/qa_truth/{tract}.log"),
 }
+#: the files of one CCD in its visit's calibrate folder (rules/common.smk CALEXP, SOURCES, SUMMARY)
+CCD_FILES = ["calexp/{visit}/calexp-{visit}-{ccd}.fits", "calexp/{visit}/sources-{visit}-{ccd}.parquet",
+             "calexp/{visit}/summary-{visit}-{ccd}.json"]
 SIM_RAW = "sim/raw/{visit}/raw-{visit}-{ccd}.fits"
 SIM_TRUTH = "sim/truth/{visit}/truth-{visit}-{ccd}.json"
 STATES = ["done", "failed", "running", "interrupted", "pending"]
 UNIT_COLUMNS = ["stage", "unit", "state", "code", "reason", "log", "visit", "ccd", "tract", "patch", "filter",
                 "outputs"]
+CCD_COLUMNS = ["visit", "ccd", "state", "code", "reason", "log", "summary"]
 
 
 @dataclass
 class Status:
-    """What :func:`collect_status` found. ``units`` has :data:`UNIT_COLUMNS`, one row per job of the plan."""
+    """What :func:`collect_status` found. ``units`` has :data:`UNIT_COLUMNS`, one row per job of the plan;
+    ``ccds`` has :data:`CCD_COLUMNS`, one row per CCD of the plan (the calibrate job is a visit)."""
 
     workdir: str
     results: str
     units: pd.DataFrame
+    ccds: pd.DataFrame
     problems: pd.DataFrame  # input problems (skysnake.ingest.PROBLEM_COLUMNS): never scheduled
     snakemake: dict  # running (bool), pids, locked (bool), incomplete (list of paths), logs (list)
     notes: list = field(default_factory=list)  # empty patches, stale registry, quality rejections, temp files
@@ -93,8 +100,18 @@ class Status:
         c.insert(0, "total", c.sum(axis=1))
         return c
 
+    def ccd_counts(self):
+        """CCDs per state (the calibrate stage's data units), with a total."""
+        c = self.ccds["state"].value_counts().reindex(STATES, fill_value=0)
+        return {"total": int(c.sum()), **{k: int(v) for k, v in c.items()}}
+
     def failed(self):
+        """Failed jobs."""
         return self.units[self.units["state"] == "failed"]
+
+    def failed_ccds(self):
+        """CCDs that could not be calibrated (their summary says why) or whose visit's job failed."""
+        return self.ccds[self.ccds["state"] == "failed"]
 
     def to_dict(self):
         """JSON-ready record: counts per stage and state, every unit, input problems, notes."""
@@ -104,7 +121,8 @@ class Status:
 
         return {"workdir": self.workdir, "results": self.results, "snakemake": self.snakemake,
                 "counts": {s: {k: int(v) for k, v in row.items()} for s, row in self.counts().iterrows()},
-                "units": records(self.units.drop(columns=["outputs"])), "problems": records(self.problems),
+                "ccd_counts": self.ccd_counts(), "units": records(self.units.drop(columns=["outputs"])),
+                "ccds": records(self.ccds), "problems": records(self.problems),
                 "notes": self.notes}
 
 
@@ -175,8 +193,8 @@ def expected_units(config, plan):
     add("ingest", "index", {})
     for t in sorted(set(plan.refcat_tract.values())):
         add("refcat", f"tract {t}", {"tract": t})
-    for v, c in idx[["visit", "ccd"]].itertuples(index=False):
-        add("calibrate", f"visit {v} ccd {c}", {"visit": int(v), "ccd": int(c)})
+    for v in plan.visits:
+        add("calibrate", f"visit {v}", {"visit": int(v)})
     add("registry", "registry", {})
     add("skymap", "skymap", {})
     for t, v in plan.warp_jobs():
@@ -369,8 +387,6 @@ def collect_status(workdir, config):
             state = "running" if pids else "interrupted"
         elif all(o in existing for o in u.outputs):
             state = "done"
-            if u.stage == "calibrate":
-                state, code, reason = _calibrate_outcome(os.path.join(workdir, u.outputs[2]))
         else:
             ev = [events.get(o) for o in u.outputs if o not in existing]
             err = next((e for e in ev if e and e[0] == "error"), None)
@@ -385,18 +401,43 @@ def collect_status(workdir, config):
     units = units[UNIT_COLUMNS]
     if problems is None:
         problems = empty_problems()
-    st = Status(workdir=workdir, results=results, units=units, problems=problems,
+    ccds = _ccd_states(units, plan, results=results, workdir=workdir, existing=existing)
+    st = Status(workdir=workdir, results=results, units=units, ccds=ccds, problems=problems,
                 snakemake={"running": bool(pids), "pids": pids, "job_pids": job_pids, "locked": bool(locked),
                            "incomplete": sorted(incomplete), "logs": logs})
     st.notes = _notes(st, workdir, existing, temps)
     return st
 
 
-def _calibrate_outcome(summary_path):
+def _ccd_states(units, plan, *, results, workdir, existing):
+    """One row per CCD of the plan (:data:`CCD_COLUMNS`): its visit's calibrate job state until that job is
+    done (a failed job fails all its CCDs, with the job's reason), then the outcome its summary records."""
+    jobs = {int(u.visit): u for u in units[units.stage == "calibrate"].itertuples(index=False)}
+    rows = []
+    for v, c in plan.index[["visit", "ccd"]].itertuples(index=False):
+        job = jobs[int(v)]
+        summary = os.path.join(results, CCD_FILES[2].format(visit=int(v), ccd=int(c)))
+        state, code, reason = job.state, job.code, job.reason
+        if state == "done":
+            state, code, reason = _calibrate_outcome(os.path.join(workdir, summary), rel=summary,
+                                                     exists=summary in existing, folder=job.outputs[0])
+        rows.append({"visit": int(v), "ccd": int(c), "state": state, "code": code, "reason": reason, "log": job.log,
+                     "summary": summary})
+    df = pd.DataFrame(rows, columns=CCD_COLUMNS)
+    df["visit"] = df["visit"].astype("Int64")
+    df["ccd"] = df["ccd"].astype("Int64")
+    return df
+
+
+def _calibrate_outcome(summary_path, *, rel, exists, folder):
+    """A CCD of a finished calibrate job: ``(state, code, reason)`` from its summary."""
+    redo = f"delete {folder} and rerun to calibrate the visit again"
+    if not exists:
+        return "failed", "missing", f"{rel}: no summary in the finished calibrate folder; {redo}"
     try:
         s = json.loads(Path(summary_path).read_text())
     except (OSError, ValueError):
-        return "failed", "unreadable", f"{summary_path}: summary unreadable; delete it and rerun"
+        return "failed", "unreadable", f"{rel}: summary unreadable; {redo}"
     if s.get("status") == "ok":
         return "done", None, None
     return "failed", s.get("code") or "data_error", s.get("reason")
@@ -435,14 +476,14 @@ def _notes(st, workdir, existing, temps):
                 notes.append({"kind": "rejected", "unit": f"visit {r.visit} ccd {r.ccd}", "log": r.log_path,
                               "text": f"visit {r.visit} ccd {r.ccd}: calibrated but left out of coadds: "
                                       f"{r.reject_reason}"})
-            summaries = [os.path.join(workdir, o[2]) for o in u.loc[u.stage == "calibrate", "outputs"]
-                         if o[2] in existing]
+            summaries = [os.path.join(workdir, p) for p in st.ccds["summary"] if p in existing]
             t_reg = os.path.getmtime(os.path.join(workdir, reg))
             newer = sum(os.path.getmtime(p) > t_reg for p in summaries)
             if newer or len(table) < len(summaries):
                 notes.append({"kind": "registry", "text": f"registry.sqlite is older than {max(newer, 1)} CCD "
                                                           "summaries: the registry job will rebuild it"})
-    live = {os.path.join(os.path.dirname(o), "") for o in st.snakemake["incomplete"]}
+    # a running job writes its temp files beside its outputs, or inside its output folder
+    live = {os.path.join(d, "") for o in st.snakemake["incomplete"] for d in (os.path.dirname(o), o)}
     stray = [t for t in temps if not (st.snakemake["running"] and os.path.join(os.path.dirname(t), "") in live)]
     if stray:
         notes.append({"kind": "temp_files", "text": f"{len(stray)} temporary file(s) left by interrupted jobs "
@@ -496,9 +537,13 @@ def format_status(st, *, max_list=50):
     out.append(f"{'stage':<18}" + "".join(f"{c:>12}" for c in cols))
     for stage, row in counts.iterrows():
         out.append(f"{stage:<18}" + "".join(f"{int(row[c]):>12}" for c in cols))
+        if stage == "calibrate":  # one job per visit; its data units are the CCDs
+            n = st.ccd_counts()
+            out.append(f"{'  CCDs':<18}" + "".join(f"{n[c]:>12}" for c in cols))
     out.append("")
     fails = st.failed()
-    ccd = fails[fails.stage == "calibrate"]
+    ccd = st.failed_ccds()
+    ccd = ccd[ccd.code != "job_failed"]  # a failed calibrate job is listed with the failed jobs
     probs = st.problems
     if len(ccd) or len(probs):
         out.append(f"Failed CCDs ({len(ccd) + len(probs)}):")
@@ -510,7 +555,7 @@ def format_status(st, *, max_list=50):
             out.append(f"  {who} [{r.code}] {r.reason}")
             out.append("      never calibrated (found when the inputs were indexed)")
         out.append("")
-    jobs = fails[fails.stage != "calibrate"]
+    jobs = fails
     if len(jobs):
         out.append(f"Failed jobs ({len(jobs)}):")
         for r in jobs.head(max_list).itertuples(index=False):
