@@ -137,7 +137,9 @@ def stage_e(ctx, *, sizes=(1000, 3000, 10000), timeout=600):
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix=f"bench-dry{n}-") as tmp:
             cfg = Path(tmp) / "survey.yaml"
-            cfg.write_text(yaml.safe_dump(synthetic_survey(n), sort_keys=False))
+            survey = synthetic_survey(n)
+            cfg.write_text(yaml.safe_dump(survey, sort_keys=False))
+            per_visit = survey["sim"]["ccd_cols"] * survey["sim"]["ccd_rows"]
             t0 = time.perf_counter()
             try:
                 p = subprocess.run(workload.snakemake_cmd(tmp, "-n", "--cores", "2", configfiles=[cfg]),
@@ -149,7 +151,9 @@ def stage_e(ctx, *, sizes=(1000, 3000, 10000), timeout=600):
             if p.returncode != 0:
                 raise RuntimeError(f"dry run of {n} CCDs failed:\n{p.stderr[-3000:]}")
             counts = _job_counts(p.stdout)
-            rows.append({"ccds": counts.get("calibrate"), "wall": wall, "jobs": counts.get("total"),
+            # one calibrate job per visit, every CCD of the camera in it
+            rows.append({"ccds": counts.get("calibrate", 0) * per_visit, "visits": counts.get("calibrate"),
+                         "wall": wall, "jobs": counts.get("total"),
                          "patches": counts.get("merge_detections"), "coadds": counts.get("coadd"), "warps": counts.get("warp"), "note": "", "counts": counts})
     ok = [r for r in rows if np.isfinite(r["wall"])]
     fit = metrics.linear_fit([r["ccds"] for r in ok], [r["wall"] for r in ok]) if len(ok) >= 2 else None
