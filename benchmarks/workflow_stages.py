@@ -34,17 +34,18 @@ def run_demo(workdir, *, cores=2):
     return time.perf_counter() - t0
 
 
-_CPU = re.compile(r"process cpu (\d+\.\d+) s")
+_CPU = re.compile(r"process cpu (\d+\.\d+) s, peak rss \d+ MB, wall (\d+\.\d+) s")
 _STARTUP = re.compile(r"process start-up (\d+\.\d+) s")
 
 
 def process_usage(logfile):
-    """``(cpu, startup)`` seconds a job's process logged about itself (skysnake.adapter: exact CPU time at
-    exit, age of the process when logging was set up), None for what the log lacks."""
+    """``(cpu, wall, startup)`` seconds a job's process logged about itself (skysnake.adapter: exact CPU time
+    and the process's age at exit, its age when logging was set up), None for what the log lacks."""
     p = Path(logfile)
     text = p.read_text() if p.exists() else ""
     cpu, start = _CPU.search(text), _STARTUP.search(text)
-    return (float(cpu.group(1)) if cpu else None), (float(start.group(1)) if start else None)
+    return ((float(cpu.group(1)) if cpu else None), (float(cpu.group(2)) if cpu else None),
+            (float(start.group(1)) if start else None))
 
 
 def demo_jobs(results):
@@ -61,10 +62,12 @@ def demo_jobs(results):
         rule, ids = tsv.parent.name, tsv.stem
         logf = Path(results, "logs", rule, f"{ids}.log")
         steps = log_steps(logf)
-        cpu, startup = process_usage(logf)
+        cpu, pwall, startup = process_usage(logf)
         sampled = float(row.get("cpu_time", 0.0))
         jobs.append({"rule": rule, "ids": ids, "s": row["s"], "cpu_time": sampled if cpu is None else cpu,
                      "cpu_sampled": sampled, "cpu_from_log": cpu is not None, "startup": startup,
+                     # the work: everything the job's process did after its interpreter and imports
+                     "work": pwall - startup if pwall is not None and startup is not None else None,
                      "max_rss": row.get("max_rss", float("nan")), "compute": sum(steps.values()),
                      "timed": bool(steps), "end": tsv.stat().st_mtime})
     return jobs
@@ -99,6 +102,10 @@ def stage_d(ctx, *, cores=2):
         if not j["timed"]:
             j["compute"] = max(j["s"] - floor, 0.0)
     share = metrics.overhead_share(jobs, wall=wall, cores=cores)
+    # the same with each job's own account: overhead = Snakemake's spawning + the interpreter and imports
+    # (job wall - what the process did after its imports), for every job whose log has it
+    measured = [{"s": j["s"], "compute": j["work"] if j["work"] is not None else j["compute"]} for j in jobs]
+    share_logged = metrics.overhead_share(measured, wall=wall, cores=cores)
     by_rule = {}
     for j in jobs:
         r = by_rule.setdefault(j["rule"], {"n": 0, "s": 0.0, "cpu": 0.0, "compute": 0.0, "startup": 0.0})
@@ -112,6 +119,8 @@ def stage_d(ctx, *, cores=2):
             "cpu_efficiency_sampled": metrics.cpu_efficiency([{"cpu_time": j["cpu_sampled"]} for j in jobs], wall=wall,
                                                              cores=cores),
             "n_cpu_from_log": sum(1 for j in jobs if j["cpu_from_log"]),
+            "overhead_share_logged": share_logged["total"], "startup_share_logged": share_logged["startup"],
+            "n_work_logged": sum(1 for j in jobs if j["work"] is not None),
             "process_startup_share": sum(j["startup"] or 0.0 for j in jobs) / (wall * cores),
             "startup_share": share["startup"], "idle_share": share["idle"], "overhead_share": share["total"],
             "bare_startup": floor, "by_rule": by_rule, "jobs": jobs}

@@ -105,3 +105,29 @@ def test_peer_missing_path(bench, tmp_path):
     assert [r[-1] for r in rows if r[5] == "1 +- 0.001"] == ["PASS"]  # no peer needed for flux conservation
     md = bench["metrics"].markdown_table(b.HEADERS, rows)
     assert "not installed" in md and md.count("\n") == len(rows) + 1
+
+
+def test_demo_jobs_take_cpu_and_start_up_from_the_jobs_own_logs(bench, tmp_path, monkeypatch):
+    """(d) reads each job's exact CPU time and start-up from its log (skysnake.adapter), falls back to the
+    sampled benchmark file when the log lacks them, and counts as overhead only spawning + imports."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import workflow_stages as ws
+
+    res = tmp_path / "results"
+    (res / "benchmarks" / "detect").mkdir(parents=True)
+    (res / "logs" / "detect").mkdir(parents=True)
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    (res / "benchmarks" / "detect" / "a.tsv").write_text(head + "3.0\t0:00:03\t100\t1\t1\t1\t0\t0\t50\t1.5\n")
+    (res / "logs" / "detect" / "a.log").write_text(
+        "2026-11-22T00:00:00 INFO skysnake: process start-up 0.900 s (interpreter and imports, before this line)\n"
+        "2026-11-22T00:00:01 INFO skysnake: detect: 1.200 s\n"
+        "2026-11-22T00:00:02 INFO skysnake: process cpu 2.400 s, peak rss 100 MB, wall 2.700 s (the whole job process)\n")
+    (res / "benchmarks" / "detect" / "b.tsv").write_text(head + "2.0\t0:00:02\t100\t1\t1\t1\t0\t0\t50\t1.1\n")
+    jobs = {j["ids"]: j for j in ws.demo_jobs(res)}
+    a, b = jobs["a"], jobs["b"]
+    assert a["cpu_time"] == 2.4 and a["cpu_sampled"] == 1.5 and a["cpu_from_log"]
+    assert a["startup"] == 0.9 and abs(a["work"] - 1.8) < 1e-12 and a["compute"] == 1.2
+    assert b["cpu_time"] == 1.1 and not b["cpu_from_log"] and b["startup"] is None and b["work"] is None
+    # overhead of job a: 3.0 s of job wall - 1.8 s of work after its imports
+    share = bench["metrics"].overhead_share([{"s": a["s"], "compute": a["work"]}], wall=3.0, cores=1)
+    assert abs(share["startup"] - 0.4) < 1e-12
