@@ -17,7 +17,7 @@ the visit's other CCDs are calibrated. A bug (any other exception) fails the job
 
 from pathlib import Path
 
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.calibrate_files import calibrate_file
 
 sm = snakemake  # noqa: F821
@@ -33,3 +33,4 @@ for ccd, unit in sm.params.units.items():
         failed.append(ccd)
 log.info("visit %s: %d CCDs calibrated, %d failed%s", sm.wildcards.visit, len(sm.params.units) - len(failed),
          len(failed), f" (CCDs {failed})" if failed else "")
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -11,7 +11,7 @@ Config: ``coadd.*`` (reject_sigma).
 import numpy as np
 
 from skysnake import coadd, multiband
-from skysnake.adapter import provenance, set_threads, setup_logging, timed
+from skysnake.adapter import finish, provenance, set_threads, setup_logging, timed
 from skysnake.io import read_exposure, write_exposure
 from skysnake.skymap import Tract
 
@@ -36,3 +36,4 @@ result.meta.update({"FILTER": sm.wildcards.filter, "TRACT": tract.id, "PATCH": p
 write_exposure(sm.output[0], result, provenance=provenance(config=sm.params.coadd, inputs=list(sm.params.warps)))
 log.info("coadd %s tract %d patch %s from %s warps", sm.wildcards.filter, tract.id, patch,
          result.meta.get("NINPUT"))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

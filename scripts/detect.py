@@ -5,7 +5,7 @@ Config: ``multiband.detect_thresh``, ``multiband.minarea``.
 """
 
 from skysnake import multiband
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_exposure, write_table
 
 sm = snakemake  # noqa: F821
@@ -18,3 +18,4 @@ det = multiband.detect(coadd, thresh=cfg["detect_thresh"], minarea=cfg["minarea"
 write_table(sm.output[0], det, meta={"filter": sm.wildcards.filter},
             provenance=provenance(config=cfg, inputs=[sm.input.coadd]))
 log.info("%d detections", len(det))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

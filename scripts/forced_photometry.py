@@ -5,7 +5,7 @@ Config: ``multiband.psf_aperture_arcsec``, ``multiband.aperture_radii_arcsec``.
 """
 
 from skysnake import multiband
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_exposure, read_table, write_table
 
 sm = snakemake  # noqa: F821
@@ -21,3 +21,4 @@ forced = multiband.forced_photometry(coadd, ref, filter=sm.wildcards.filter,
 write_table(sm.output[0], forced, meta={"filter": sm.wildcards.filter},
             provenance=provenance(config=cfg, inputs=[sm.input.coadd, sm.input.reference]))
 log.info("%d forced measurements", len(forced))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

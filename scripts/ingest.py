@@ -8,7 +8,7 @@ The parse-time plan and the headers must agree; a difference is logged as a warn
 
 import pandas as pd
 
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.errors import DataError
 from skysnake.ingest import INDEX_COLUMNS, header_rows
 from skysnake.io import write_table
@@ -31,3 +31,4 @@ for p in pd.DataFrame(sm.params.problems).itertuples(index=False):
     log.warning("input problem (%s): %s", p.code, p.reason)
 write_table(sm.output[0], index, provenance=provenance(config=sm.params.instrument, inputs=list(sm.input.raws)))
 log.info("indexed %d CCDs in %d visits", len(index), index["visit"].nunique())
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -5,7 +5,7 @@ Config: ``multiband.aperture_radii_arcsec``, ``multiband.psf_aperture_arcsec``.
 """
 
 from skysnake import multiband
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_exposure, read_table, write_table
 
 sm = snakemake  # noqa: F821
@@ -21,3 +21,4 @@ write_table(sm.output[0], meas, meta={"filter": sm.wildcards.filter, **{k: v for
                                                                          if isinstance(v, (int, float, str))}},
             provenance=provenance(config=cfg, inputs=[sm.input.coadd, sm.input.merged]))
 log.info("%d measurements", len(meas))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -5,7 +5,7 @@ Outputs: merged peaks (parquet). Config: ``multiband.merge_radius_arcsec``, ``mu
 """
 
 from skysnake import multiband
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_exposure, read_table, write_table
 
 sm = snakemake  # noqa: F821
@@ -17,3 +17,4 @@ merged = multiband.merge_detections(dets, wcs=wcs, match_radius_arcsec=cfg["merg
                                     priority=tuple(cfg["priority"]))
 write_table(sm.output[0], merged, provenance=provenance(config=cfg, inputs=[*sm.input.detections, sm.input.coadd]))
 log.info("%d merged peaks from %s", len(merged), {f: len(d) for f, d in dets.items()})
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -7,7 +7,7 @@ Params: the tract geometry, the (patch, filter) of each forced table, the survey
 """
 
 from skysnake import objects
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_table, write_table
 from skysnake.skymap import SkyMap
 
@@ -23,3 +23,4 @@ write_table(sm.output[0], cat, meta={"tract": tract.id, "filters": list(sm.param
             provenance=provenance(config=sm.params.multiband,
                                   inputs=[*sm.input.forced, *sm.input.references]))
 log.info("tract %d: %d objects (%d stars)", tract.id, len(cat), int(cat["is_star"].sum()) if len(cat) else 0)
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -8,7 +8,7 @@ Params: ``geometry`` (tract and patch), ``binning``.
 import numpy as np
 
 from skysnake import qa, qaplots
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_exposure
 from skysnake.skymap import Tract
 
@@ -37,3 +37,4 @@ fig = qaplots.plot_color_composite(rgb, wcs=tract.patch_wcs(patch), factor=b,
 qaplots.save_png(fig, sm.output[0],
                  provenance=provenance(config={"binning": b}, inputs=[paths[f] for f in (red, green, blue)]))
 log.info("colour image of tract %d patch %s from %s", tract.id, patch, (red, green, blue))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -7,7 +7,7 @@ Params: ``tract`` (geometry), ``units`` ((patch, filter) of each coadd), ``filte
 """
 
 from skysnake import qa, qaplots
-from skysnake.adapter import provenance, setup_logging, timed
+from skysnake.adapter import finish, provenance, setup_logging, timed
 from skysnake.io import add_provenance, read_exposure, read_table, write_hdulist
 from skysnake.skymap import Tract
 
@@ -47,3 +47,4 @@ qaplots.save_png(qaplots.plot_color_color(cat, filters=filters, title=f"{name}: 
 qaplots.save_png(qaplots.plot_color_magnitude(cat, filters=filters, title=f"{name}: colour-magnitude diagrams"),
                  sm.output.colormag, provenance=prov_cat)
 log.info("tract %d: %d objects", tract.id, len(cat))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -13,7 +13,7 @@ import pandas as pd
 from astropy.io import fits
 
 from skysnake import qa, qaplots
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.astrometry import propagate_refcat
 from skysnake.io import read_table
 
@@ -51,3 +51,4 @@ qaplots.save_png(qaplots.plot_completeness(tables, m5=m5, title=f"tract {tract}:
                  sm.output.completeness, provenance=prov)
 qaplots.save_png(qaplots.plot_delta_mag(pairs, title=f"tract {tract}: PSF photometry of point sources against "
                                         "the truth"), sm.output.photometry, provenance=prov)
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from skysnake import qa, qaplots
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_json, read_table
 from skysnake.quality import select_ccds
 
@@ -50,3 +50,4 @@ fig = qaplots.plot_astrometry(resid, ccds=ccds, center=center,
 qaplots.save_png(fig, sm.output.astrometry, provenance=prov)
 fig = qaplots.plot_focal_plane(ccds, center=center, title=f"{label}: calibration per CCD")
 qaplots.save_png(fig, sm.output.focal_plane, provenance=prov)
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -14,7 +14,7 @@ needs ``calibrate.header_fallback``).
 import numpy as np
 import pandas as pd
 
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import write_table
 from skysnake.refcat import cut_to_tract, load_refcat
 from skysnake.skymap import Tract
@@ -47,3 +47,4 @@ log.info("tract %d: %d of %d reference stars (source %s)", tract.id, len(cut), l
 if len(cut) == 0:
     log.warning("tract %d has no reference stars: every CCD will fail astrometric calibration"
                 " unless calibrate.header_fallback is on", tract.id)
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -7,7 +7,7 @@ which CCDs enter warps and coadds), ``problems`` (input CCDs that
 could not be scheduled: files skipped at ingest, CCDs missing from a visit), recorded as failed.
 """
 
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_json
 from skysnake.registry import rows_from_summaries, write_registry
 
@@ -29,3 +29,4 @@ for r in rows:
         log.warning("visit %s ccd %s failed (%s): %s", r["visit"], r["ccd"], r["code"], r["reason"])
     elif not r["selected"]:
         log.info("visit %s ccd %s left out: %s", r["visit"], r["ccd"], r["reject_reason"])
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

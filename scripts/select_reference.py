@@ -5,7 +5,7 @@ Outputs: reference table (parquet). Config: ``multiband.priority``, ``multiband.
 """
 
 from skysnake import multiband
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import read_table, write_table
 
 sm = snakemake  # noqa: F821
@@ -16,3 +16,4 @@ ref = multiband.select_reference(meas, priority=tuple(cfg["priority"]), min_snr=
 write_table(sm.output[0], ref, provenance=provenance(config=cfg, inputs=list(sm.input.measurements)))
 log.info("%d reference objects; bands: %s", len(ref),
          ref["ref_filter"].value_counts().to_dict() if len(ref) else {})
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

@@ -7,7 +7,7 @@ Config: ``sim.*`` (seed, field, densities, magnitude limits; see config/schema.y
 """
 
 from skysnake import sim
-from skysnake.adapter import provenance, setup_logging
+from skysnake.adapter import finish, provenance, setup_logging
 from skysnake.io import write_table
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -18,3 +18,4 @@ prov = provenance(config=sm.params.sim)
 write_table(sm.output.truth, truth, meta={"kind": "truth"}, provenance=prov)
 write_table(sm.output.refcat, refcat, meta={"kind": "refcat"}, provenance=prov)
 log.info("simulated %d objects (%d stars), %d reference stars", len(truth), int(truth["is_star"].sum()), len(refcat))
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

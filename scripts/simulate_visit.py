@@ -11,7 +11,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from skysnake import sim
-from skysnake.adapter import provenance, setup_logging, timed
+from skysnake.adapter import finish, provenance, setup_logging, timed
 from skysnake.io import add_provenance, read_table, write_hdulist, write_json
 
 sm = snakemake  # noqa: F821
@@ -28,3 +28,4 @@ for ccd, raw_path, truth_path in zip(sm.params.ccds, sm.output.raw, sm.output.tr
                          fits.ImageHDU(data=bpm.astype("uint8"), name="BPM")])
     write_hdulist(raw_path, hdul)
     write_json(truth_path, {**record, "provenance": prov})
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

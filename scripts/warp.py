@@ -13,7 +13,7 @@ Config: ``warp.*`` (kernel, grid_step), ``quality.*`` (cuts).
 from pathlib import Path
 
 from skysnake import quality, warp
-from skysnake.adapter import provenance, set_threads, setup_logging, timed
+from skysnake.adapter import finish, provenance, set_threads, setup_logging, timed
 from skysnake.io import Exposure, read_exposure, read_json, write_exposure
 from skysnake.skymap import Tract
 
@@ -51,3 +51,4 @@ for patch, ccds in sm.params.units.items():
     write_exposure(out_dir / f"warp-{tract.id}-{patch}-{visit}.fits", result, provenance=prov)
     log.info("visit %d -> tract %d patch %s: %s", visit, tract.id, patch,
              "empty" if result.is_empty else f"{result.image.shape[1]}x{result.image.shape[0]} px from CCDs {used}")
+finish(log)  # outputs written and closed: exit now, without the interpreter's teardown

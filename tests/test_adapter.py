@@ -51,3 +51,34 @@ def test_the_job_log_ends_with_the_process_cpu_time_and_peak_memory(tmp_path):
     assert cpu >= 0.4 and cpu <= wall * (os.cpu_count() or 1) + 0.05
     assert 200 <= rss < 400
     assert text.count("process cpu") == 1
+
+
+def test_finish_exits_zero_with_everything_flushed_and_a_failure_still_fails(tmp_path):
+    """``finish`` ends a job without the interpreter's teardown: the log (with its usage line), standard output
+    and the outputs written before it are complete; a job that raises before it still exits 1."""
+    log = tmp_path / "job.log"
+    out = tmp_path / "out.txt"
+    script = (
+        "import sys\n"
+        "from skysnake.adapter import finish, setup_logging\n"
+        f"log = setup_logging({str(log)!r})\n"
+        f"with open({str(out)!r}, 'w') as fh:\n"
+        "    fh.write('x' * 100000)\n"
+        "log.info('wrote it')\n"
+        "print('to stdout', end='')\n"
+        "sys.stdout.write(' still buffered')\n"
+        "if len(sys.argv) > 1:\n"
+        "    raise RuntimeError('a bug before the end')\n"
+        "finish(log)\n"
+        "log.info('never reached')\n"
+    )
+    ok = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "to stdout still buffered"
+    assert out.read_text() == "x" * 100000
+    text = log.read_text()
+    assert "wrote it" in text and "never reached" not in text
+    assert text.count("process cpu") == 1 and text.rstrip().endswith("(the whole job process)")
+    bad = subprocess.run([sys.executable, "-c", script, "fail"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "a bug before the end" in log.read_text()

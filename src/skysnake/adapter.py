@@ -62,6 +62,26 @@ def process_age():
         return None
 
 
+def finish(log):
+    """End a job's process now that its outputs are written: log its usage, flush the logs and standard
+    streams, and exit with status 0 without the interpreter's teardown.
+
+    Tearing down the modules a job imports (numpy, astropy, pandas, scipy ...) takes 0.15-0.3 s, as long
+    as a small job's work. Call this as the script's last statement, after every output is written and
+    closed (skysnake's writers close their files, the registry its database); anything still buffered
+    elsewhere, or left to other exit handlers, is lost. A job that fails never gets here: it raises, and
+    Python exits with status 1 as usual.
+    """
+    _log_process_usage(log)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing left to save
+            pass
+    os._exit(0)
+
+
 def _log_process_usage(log):
     """At exit: the job process's own CPU time and peak memory, exact (Snakemake's benchmark samples them
     every 0.5 s and so misses the end of short jobs)."""
