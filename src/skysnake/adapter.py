@@ -89,7 +89,8 @@ def _log_process_usage(log):
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = ru.ru_utime + ru.ru_stime + kids.ru_utime + kids.ru_stime
     age = process_age()
-    log.info("process cpu %.3f s, peak rss %.0f MB, wall %s (the whole job process)", cpu, ru.ru_maxrss / 1024.0,
+    rss_mb = ru.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)  # bytes on macOS, kB on Linux
+    log.info("process cpu %.3f s, peak rss %.0f MB, wall %s (the whole job process)", cpu, rss_mb,
              "?" if age is None else f"{age:.3f} s")
 
 
