@@ -24,11 +24,11 @@ sm = snakemake  # noqa: F821
 log = setup_logging(sm.log[0])
 Path(sm.output[0]).mkdir(parents=True, exist_ok=True)
 config = {"calibrate": sm.params.calibrate, "instrument": sm.params.instrument}
-failed = []
+failed, refcats = [], {}  # each tract's refcat read once for the visit's CCDs
 for ccd, unit in sm.params.units.items():
     prov = provenance(config=config, inputs=[unit["raw"], unit["refcat"]])
     summary = calibrate_file(unit, calibrate_config=sm.params.calibrate, instrument=sm.params.instrument,
-                             provenance=prov, log=log, log_path=sm.log[0])
+                             provenance=prov, log=log, log_path=sm.log[0], refcats=refcats)
     if summary["status"] != "ok":
         failed.append(ccd)
 log.info("visit %s: %d CCDs calibrated, %d failed%s", sm.wildcards.visit, len(sm.params.units) - len(failed),

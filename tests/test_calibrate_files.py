@@ -47,17 +47,19 @@ def visit(tmp_path_factory):
     return {"dir": d, "units": units, "truth": truths}
 
 
-def _run(units, log):
+def _run(units, log, refcats=None):
     prov = {"version": "test", "config_hash": "0", "inputs": []}
     return {c: calibrate_file(u, calibrate_config={}, instrument=INSTRUMENT, provenance=prov, log=log,
-                              log_path="logs/calibrate/1000.log") for c, u in units.items()}
+                              log_path="logs/calibrate/1000.log", refcats=refcats) for c, u in units.items()}
 
 
 def test_one_bad_ccd_is_recorded_and_the_visits_other_ccds_are_calibrated(visit, caplog):
     assert set(visit["units"][1]) == set(UNIT_KEYS)
+    refcats = {}
     with caplog.at_level(logging.INFO):
-        out = _run(visit["units"], logging.getLogger("skysnake.test"))
+        out = _run(visit["units"], logging.getLogger("skysnake.test"), refcats=refcats)
     assert [out[c]["status"] for c in (1, 2, 3)] == ["ok", "failed", "ok"]
+    assert list(refcats) == [visit["units"][1]["refcat"]]  # the shared tract refcat, read once for the job
     for c in (1, 3):  # the good CCDs: calibrated against the truth, with sources and a summary on disk
         u = visit["units"][c]
         s = read_json(u["summary"])

@@ -22,7 +22,7 @@ from .io import Exposure, read_table, write_exposure, write_json, write_table
 UNIT_KEYS = ("raw", "refcat", "hdu", "visit", "ccd", "filter", "mjd", "exptime", "calexp", "sources", "summary")
 
 
-def calibrate_file(unit, *, calibrate_config, instrument, provenance, log, log_path):
+def calibrate_file(unit, *, calibrate_config, instrument, provenance, log, log_path, refcats=None):
     """Calibrate the CCD ``unit`` describes and write its three outputs.
 
     Parameters
@@ -39,6 +39,9 @@ def calibrate_file(unit, *, calibrate_config, instrument, provenance, log, log_p
         Where the steps are logged; every line names the CCD.
     log_path : str
         The job's log file, recorded in the summary.
+    refcats : dict, optional
+        ``{path: table}`` of the reference catalogs already read, shared by the CCDs of one job: a visit's
+        CCDs are mostly calibrated against the same tract's catalog, read once (it is not modified).
 
     Returns
     -------
@@ -55,7 +58,7 @@ def calibrate_file(unit, *, calibrate_config, instrument, provenance, log, log_p
             raw = read_raw(raw_path, instrument=instrument, hdu=unit["hdu"])
             meta = raw.meta
             check_saturation(raw.image, meta["saturation"], path=raw_path)
-            refcat = read_table(refcat_path)
+            refcat = _read_refcat(refcat_path, refcats)
             if len(refcat) == 0 and not calibrate_config.get("header_fallback"):
                 raise DataError(f"the reference catalog of this CCD's tract ({refcat_path}) has no star: the "
                                 "reference catalog file (refcat.path) does not cover the field", code="empty_refcat")
@@ -91,3 +94,12 @@ def calibrate_file(unit, *, calibrate_config, instrument, provenance, log, log_p
     summary = {**summary, "provenance": provenance}
     write_json(unit["summary"], summary)
     return summary
+
+
+def _read_refcat(path, cache):
+    """The reference catalog at ``path``, read once per ``cache`` (every time without one)."""
+    if cache is None:
+        return read_table(path)
+    if path not in cache:
+        cache[path] = read_table(path)
+    return cache[path]
