@@ -46,9 +46,12 @@ def test_truncated_fits_is_a_data_error_naming_the_file(tmp_path):
     write_exposure(path, Exposure(np.zeros((50, 50), np.float32), np.zeros((50, 50), np.int32),
                                   np.zeros((50, 50), np.float32), _sip_wcs()))
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="e.fits"):
-        read_exposure(path)
+    # cut anywhere: inside a header, at an HDU boundary, inside a plane's data
+    for cut in [*range(2880, len(data), 720), len(data) - 1]:
+        path.write_bytes(data[:cut])
+        for kw in ({}, {"lazy": True}):
+            with pytest.raises(DataError, match="e.fits"):
+                read_exposure(path, **kw)
 
 
 def _exposure_file(tmp_path, shape=(37, 23)):

@@ -296,6 +296,12 @@ def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memma
                     if arr is not None and not memmap:
                         arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("="))
                     data[name] = arr
+            # every exposure file holds IMAGE, MASK and VARIANCE (data-less when empty): a missing one means
+            # the file ends early (astropy only warns when a cut falls inside a header)
+            missing = [name for name in planes if name in ("IMAGE", "MASK", "VARIANCE") and name not in data]
+            if missing:
+                raise OSError(f"no {', '.join(missing)} plane: the file is incomplete (truncated?) or was not "
+                              "written by skysnake")
             wcs = None
             if "IMAGE" in hdul and hdul["IMAGE"].header.get("CTYPE1"):
                 wcs = WCS(hdul["IMAGE"].header, relax=True)
