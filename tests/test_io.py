@@ -20,7 +20,7 @@ def _sip_wcs():
 def test_exposure_roundtrip_keeps_pixels_wcs_and_provenance(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.normal(size=(30, 40)).astype(np.float32)
-    exp = Exposure(img, np.arange(1200, dtype=np.int32).reshape(30, 40), np.ones((30, 40), np.float32), _sip_wcs(),
+    exp = Exposure(img, (np.arange(1200, dtype=np.int32) % 256).reshape(30, 40), np.ones((30, 40), np.float32), _sip_wcs(),
                    meta={"FILTER": "r", "ZEROPOINT": 28.1, "CCDS": [1, 2]}, x0=5, y0=7)
     path = tmp_path / "e.fits"
     write_exposure(path, exp, provenance={"version": "x", "config_hash": "abc", "inputs": ["a.fits", "b.fits"]})
@@ -54,9 +54,39 @@ def test_truncated_fits_is_a_data_error_naming_the_file(tmp_path):
                 read_exposure(path, **kw)
 
 
+def test_mask_takes_a_byte_per_pixel_on_disk_and_int32_once_read(tmp_path):
+    exp = Exposure(np.zeros((20, 30), np.float32), np.full((20, 30), 0b1010_0101, np.int32),
+                   np.ones((20, 30), np.float32), _sip_wcs())
+    path = tmp_path / "m.fits"
+    write_exposure(path, exp)
+    with fits.open(path) as h:
+        assert h["MASK"].header["BITPIX"] == 8 and h["IMAGE"].header["BITPIX"] == -32
+    for kw in ({}, {"lazy": True}):
+        back = read_exposure(path, **kw)
+        assert back.mask.dtype == np.int32
+        np.testing.assert_array_equal(back.mask[:], exp.mask)
+    # a file from before (32-bit mask plane) reads the same
+    with fits.open(path) as h:
+        h["MASK"].data = h["MASK"].data.astype(np.int32)
+        h.writeto(tmp_path / "old.fits")
+    old = read_exposure(tmp_path / "old.fits")
+    assert old.mask.dtype == np.int32
+    np.testing.assert_array_equal(old.mask, exp.mask)
+
+
+@pytest.mark.parametrize("bad", [256, -1])
+def test_mask_bits_beyond_a_byte_are_refused_naming_the_file(tmp_path, bad):
+    mask = np.zeros((5, 6), np.int32)
+    mask[2, 3] = bad
+    path = tmp_path / "big.fits"
+    with pytest.raises(ValueError, match="big.fits: mask values must lie in 0..255"):
+        write_exposure(path, Exposure(np.zeros((5, 6), np.float32), mask, np.ones((5, 6), np.float32), None))
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
 def _exposure_file(tmp_path, shape=(37, 23)):
     rng = np.random.default_rng(3)
-    exp = Exposure(rng.normal(size=shape).astype(np.float32), rng.integers(0, 2**20, shape, dtype=np.int32),
+    exp = Exposure(rng.normal(size=shape).astype(np.float32), rng.integers(0, 256, shape, dtype=np.int32),
                    rng.uniform(1, 2, shape).astype(np.float32), _sip_wcs(), meta={"FILTER": "r"}, x0=4, y0=9,
                    extra={"NIMAGE": rng.integers(0, 30, shape).astype(np.int16)})
     path = tmp_path / "lazy.fits"

@@ -7,7 +7,8 @@ Exposure files (calibrated CCDs, warps, coadds) are multi-extension FITS:
 
 * HDU 0: empty primary holding metadata (``meta``) and provenance;
 * ``IMAGE``: float32 pixels in nJy, with the WCS;
-* ``MASK``: int32 bit mask (bits in :mod:`skysnake.masks`);
+* ``MASK``: bit mask (bits in :mod:`skysnake.masks`), one byte per pixel in the file (BITPIX 8),
+  ``int32`` once read (files with a 16- or 32-bit mask read the same);
 * ``VARIANCE``: float32 variance in nJy^2;
 * optional extra image HDUs (e.g. ``NIMAGE`` for coadds).
 
@@ -129,7 +130,9 @@ def write_exposure(path, exp: Exposure, *, provenance: dict | None = None):
         wcs_header["CTYPE1"] = "RA---TAN-SIP"
         wcs_header["CTYPE2"] = "DEC--TAN-SIP"
     hdus = [primary]
-    planes = [("IMAGE", exp.image, np.float32), ("MASK", exp.mask, np.int32), ("VARIANCE", exp.variance, np.float32)]
+    _check_mask_fits(path, exp.mask)
+    planes = [("IMAGE", exp.image, np.float32), ("MASK", exp.mask, masks.FILE_DTYPE),
+              ("VARIANCE", exp.variance, np.float32)]
     planes += [(name, arr, arr.dtype if arr is not None else np.float32) for name, arr in exp.extra.items()]
     for name, arr, dtype in planes:
         data = None if arr is None else np.ascontiguousarray(arr, dtype=dtype)
@@ -142,6 +145,21 @@ def write_exposure(path, exp: Exposure, *, provenance: dict | None = None):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _check_mask_fits(path, mask):
+    """Refuse a mask plane with values outside :data:`skysnake.masks.FILE_DTYPE` (they would wrap around)."""
+    if mask is None:
+        return
+    m = np.asarray(mask)
+    if m.dtype.kind not in "biu":
+        raise ValueError(f"{path}: the mask plane must be integer bits, got dtype {m.dtype}")
+    if m.dtype.itemsize > masks.FILE_DTYPE.itemsize or m.dtype.kind == "i":
+        lo, hi = (int(m.min()), int(m.max())) if m.size else (0, 0)
+        limit = np.iinfo(masks.FILE_DTYPE).max
+        if lo < 0 or hi > limit:
+            raise ValueError(f"{path}: mask values must lie in 0..{limit} (the bits of skysnake.masks), "
+                             f"got {lo}..{hi}; clear the bits skysnake does not define before writing")
 
 
 @contextmanager
@@ -177,14 +195,14 @@ class FitsPlane:
 
     ndim = 2
 
-    def __init__(self, path, *, offset, shape, dtype):
+    def __init__(self, path, *, offset, shape, dtype, as_dtype=None):
         self.path = os.fspath(path)
         self.offset = int(offset)
         self.shape = tuple(int(n) for n in shape)
         if len(self.shape) != 2:
             raise ValueError(f"{self.path}: FitsPlane needs a 2-D plane, got shape {self.shape}")
         self._stored = np.dtype(dtype)
-        self.dtype = self._stored.newbyteorder("=")
+        self.dtype = self._stored.newbyteorder("=") if as_dtype is None else np.dtype(as_dtype)
 
     @property
     def size(self):
@@ -238,22 +256,27 @@ class FitsPlane:
             del mm  # unmap now: its pages leave this process's resident memory
 
 
-def _lazy_plane(path, hdu):
+def _native(arr, dtype=None):
+    """``arr`` in native byte order (and ``dtype`` if given), copied only if needed."""
+    return np.asarray(arr, dtype=arr.dtype.newbyteorder("=") if dtype is None else dtype)
+
+
+def _lazy_plane(path, hdu, as_dtype=None):
     """A :class:`FitsPlane` on ``hdu``'s data, or its data read into memory when a plane cannot be mapped
-    as stored (not 2-D, scaled by BSCALE/BZERO, or compressed); ``None`` for a data-less HDU."""
+    as stored (not 2-D, scaled by BSCALE/BZERO, or compressed); ``None`` for a data-less HDU. Reads give
+    ``as_dtype`` (default: the stored dtype in native byte order)."""
     h = hdu.header
     if h.get("NAXIS", 0) == 0:
         return None
     if (h.get("NAXIS") != 2 or h.get("BSCALE", 1) != 1 or h.get("BZERO", 0) != 0
             or isinstance(hdu, fits.CompImageHDU)):
-        arr = hdu.data
-        return np.asarray(arr, dtype=arr.dtype.newbyteorder("="))
+        return _native(hdu.data, as_dtype)
     info = hdu.fileinfo()
     stored = hdu.section.dtype.newbyteorder(">")
     shape = (h["NAXIS2"], h["NAXIS1"])
     if os.path.getsize(path) < info["datLoc"] + shape[0] * shape[1] * stored.itemsize:
         raise OSError(f"File may have been truncated: the {hdu.name} plane ends beyond the end of the file")
-    return FitsPlane(path, offset=info["datLoc"], shape=shape, dtype=stored)
+    return FitsPlane(path, offset=info["datLoc"], shape=shape, dtype=stored, as_dtype=as_dtype)
 
 
 def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memmap=False, lazy=False) -> Exposure:
@@ -266,8 +289,8 @@ def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memma
     planes : sequence of str
         HDUs to read (those absent from the file are skipped).
     memmap : bool
-        Leave the planes memory-mapped (big-endian, as stored). The pages read stay in the process's
-        resident memory as long as the exposure lives.
+        Leave the planes memory-mapped (big-endian, as stored; the mask as its file stores it). The pages
+        read stay in the process's resident memory as long as the exposure lives.
     lazy : bool
         Make each plane a :class:`FitsPlane`, which reads only the rows it is indexed with and keeps
         nothing resident: for a consumer that reads many exposures block by block (the coadd).
@@ -289,12 +312,13 @@ def read_exposure(path, *, planes=("IMAGE", "MASK", "VARIANCE", "NIMAGE"), memma
             data = {}
             for name in planes:
                 if name in hdul:
+                    as_dtype = masks.DTYPE if name == "MASK" else None
                     if lazy:
-                        data[name] = _lazy_plane(path, hdul[name])
+                        data[name] = _lazy_plane(path, hdul[name], as_dtype)
                         continue
                     arr = hdul[name].data
                     if arr is not None and not memmap:
-                        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("="))
+                        arr = _native(arr, as_dtype)
                     data[name] = arr
             # every exposure file holds IMAGE, MASK and VARIANCE (data-less when empty): a missing one means
             # the file ends early (astropy only warns when a cut falls inside a header)

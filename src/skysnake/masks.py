@@ -1,9 +1,12 @@
 """Mask plane bit definitions shared by every stage.
 
-A mask plane is an ``int32`` array; each bit below flags one reason a pixel is
+A mask plane is an ``int32`` array in memory; each bit below flags one reason a pixel is
 not to be trusted. Stages OR bits together when they propagate masks
-(calibrate -> warp -> coadd).
+(calibrate -> warp -> coadd). On disk the plane takes one byte per pixel
+(:data:`FILE_DTYPE`): every bit fits in it.
 """
+
+import numpy as np
 
 BAD = 1 << 0  #: camera defect (bad column, dead pixel)
 SAT = 1 << 1  #: at or above the saturation level
@@ -24,6 +27,13 @@ PLANES = {
     "REJECTED": REJECTED,
     "CLIPPED": CLIPPED,
 }
+
+#: dtype of a mask plane in memory
+DTYPE = np.dtype(np.int32)
+#: dtype of a mask plane in files (FITS BITPIX 8): a quarter of the int32 plane's bytes
+FILE_DTYPE = np.dtype(np.uint8)
+if max(PLANES.values()) >= 1 << (8 * FILE_DTYPE.itemsize):
+    raise ImportError("skysnake.masks: a mask bit does not fit in FILE_DTYPE; widen FILE_DTYPE")
 
 #: Bits that make a pixel unusable as an input to warps and coadds.
 UNUSABLE = BAD | SAT | CR | NO_DATA
