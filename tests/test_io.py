@@ -41,6 +41,7 @@ def test_empty_exposure_roundtrip(tmp_path):
     assert back.is_empty and back.meta["NPIX"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:Error validating header")  # astropy warns, read_exposure raises
 def test_truncated_fits_is_a_data_error_naming_the_file(tmp_path):
     path = tmp_path / "e.fits"
     write_exposure(path, Exposure(np.zeros((50, 50), np.float32), np.zeros((50, 50), np.int32),
