@@ -15,7 +15,8 @@ PATH and never installed; without them their columns say "not installed".
 Stages: a detection + photometry (in-process, and the calibrate job as Snakemake runs it: one job per
 visit, timed on a second small survey in ``--work``/mosaic, one visit of 8 such CCDs), b warp one
 CCD onto a 4000x4000 patch (Lanczos3, 1 thread), c coadd 8 CCDs (2 threads), d CPU efficiency of the
-demo on 2 cores (``--demo-dir`` reads a finished demo, else one is run: several minutes), e dry-run
+demo on 2 cores (``--demo-dir`` reads a finished demo, else one is run: several minutes, and its data
+products, ~4 GB, are deleted at the end, its logs and benchmark files kept), e dry-run
 wall of synthetic 1k/3k/10k-CCD surveys, f memory of every demo job vs its mem_mb and the peak RSS of
 a 20-visit coadd onto 4200x4200. ``--quick``: 1 repeat, (e) at 1k and 3k CCDs only.
 """
@@ -307,11 +308,15 @@ def main(argv=None):
                "d": lambda: workflow_stages.stage_d(ctx),
                "e": lambda: workflow_stages.stage_e(ctx, sizes=e_sizes, timeout=args.e_timeout),
                "f": lambda: workflow_stages.stage_f(ctx)}
-    for s in "abcdef":
-        if s in only:
-            t0 = time.perf_counter()
-            res[s] = runners[s]()
-            print(f"stage {s}: {time.perf_counter() - t0:.0f} s", flush=True)
+    try:
+        for s in "abcdef":
+            if s in only:
+                t0 = time.perf_counter()
+                res[s] = runners[s]()
+                print(f"stage {s}: {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        if args.demo_dir is None and ctx["demo_dir"] is not None:
+            workflow_stages.drop_demo_products(ctx["demo_dir"])
     rows = build_rows(res, found)
     md = markdown(info, found, rows, res)
     print(md)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,20 @@ def bare_startup():
                        check=True, capture_output=True)
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
+
+
+def drop_demo_products(demo):
+    """Delete the data products of a demo run the benchmark made (~4 GB), keeping its logs and benchmark files."""
+    results = Path(demo) / "results"
+    if results.is_dir():
+        for p in results.iterdir():
+            if p.name in ("logs", "benchmarks"):
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    print(f"demo run: logs and benchmark files kept in {results}, its data products deleted", file=sys.stderr)
 
 
 def stage_d(ctx, *, cores=2):

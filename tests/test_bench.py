@@ -131,3 +131,21 @@ def test_demo_jobs_take_cpu_and_start_up_from_the_jobs_own_logs(bench, tmp_path,
     # overhead of job a: 3.0 s of job wall - 1.8 s of work after its imports
     share = bench["metrics"].overhead_share([{"s": a["s"], "compute": a["work"]}], wall=3.0, cores=1)
     assert abs(share["startup"] - 0.4) < 1e-12
+
+
+def test_a_demo_run_by_the_benchmark_keeps_only_its_logs_and_benchmark_files(bench, tmp_path, monkeypatch):
+    """The benchmark's own demo run is ~4 GB of products: they go, what (d) and (f) read stays."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import workflow_stages as ws
+
+    res = tmp_path / "results"
+    for sub in ("logs/detect", "benchmarks/detect", "coadd/0/1_1", "calexp/1000"):
+        (res / sub).mkdir(parents=True)
+    (res / "logs" / "detect" / "a.log").write_text("log")
+    (res / "benchmarks" / "detect" / "a.tsv").write_text("tsv")
+    (res / "coadd" / "0" / "1_1" / "c.fits").write_bytes(b"x" * 100)
+    (res / "registry.sqlite").write_bytes(b"db")
+    ws.drop_demo_products(tmp_path)
+    assert sorted(p.name for p in res.iterdir()) == ["benchmarks", "logs"]
+    assert (res / "logs" / "detect" / "a.log").read_text() == "log"
+    assert (res / "benchmarks" / "detect" / "a.tsv").read_text() == "tsv"
