@@ -34,6 +34,7 @@ import sep
 from scipy import ndimage, optimize
 
 from . import masks
+from .ccdproc import _row_blocks
 from .errors import DataError
 
 __all__ = [
@@ -209,12 +210,12 @@ def estimate_background(image, *, mask=None, mesh=128, filter_size=3, mask_sourc
                            _sep=bkg)
 
 
-def _clipped_mean_masked(data, back, bad, *, clip=4.0, max_iter=3, nsample=50_000, rows=128):
+def _clipped_mean_masked(data, back, bad, *, clip=4.0, max_iter=3, nsample=50_000):
     """Mean of ``data - back`` over the pixels not ``bad``, within ``clip`` x (MAD-based) sigma of their
     median (0 if 100 or fewer).
 
     The clipping bounds come from a regular subsample of ``nsample`` values (they need only be
-    approximate); the mean uses every good value inside them, summed ``rows`` rows at a time (no
+    approximate); the mean uses every good value inside them, summed a block of rows at a time (no
     image-sized temporaries).
     """
     n = data.size - np.count_nonzero(bad)
@@ -234,11 +235,11 @@ def _clipped_mean_masked(data, back, bad, *, clip=4.0, max_iter=3, nsample=50_00
         lo, hi = med - clip * sig, med + clip * sig
     total, k = 0.0, 0
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    for r in range(0, data.shape[0], rows):
-        d = np.subtract(data[r:r + rows], back[r:r + rows])
+    for rows in _row_blocks(data):
+        d = np.subtract(data[rows], back[rows])
         sel = d >= lo32
         sel &= d <= hi32
-        sel &= ~bad[r:r + rows]
+        sel &= ~bad[rows]
         k += int(np.count_nonzero(sel))
         total += float(np.sum(d, where=sel, dtype=np.float64))
     return total / k if k else 0.0
