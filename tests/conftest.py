@@ -34,7 +34,7 @@ def run_snakemake(workdir, *args, timeout=900, check=True):
     return proc
 
 
-# Disk: a workflow run writes 0.3-2 GB (the demo 4.8 GB); the suite holds at most one module's runs plus the
+# Disk: a workflow run writes 0.3-2 GB (the demo 3.7 GB); the suite holds at most one module's runs plus the
 # demo at a time, and nothing once it has passed (tmp_path_retention_policy = "failed" in pyproject.toml).
 _FAILED_MODULES = set()  # paths of test modules with a failed test: their folders are kept for inspection
 _SESSION_DIRS = set()  # folders of session-scoped fixtures, used by several modules
@@ -79,7 +79,7 @@ def demo(tmp_path_factory):
     """Run the demo exactly as the README does (default config), in a temporary folder, once per session.
 
     Every workflow test module that reads the demo's outputs uses this fixture (test_workflow.py,
-    test_workflow_qa.py, run one after the other so that the demo's 4.8 GB are on disk only then): the demo
+    test_workflow_qa.py, run one after the other so that the demo's 3.7 GB are on disk only then): the demo
     runs once. SKYSNAKE_DEMO_DIR=<folder of a finished demo run>
     reuses that run (for developing the tests).
     """
